@@ -1,0 +1,22 @@
+"""Thin Dagster assets, one module per stage; ``build_assets`` applies a preset's defaults."""
+
+from __future__ import annotations
+
+from jrr_pipeline.assets.data import DATA_CHECKS, build_data_assets, dataset_files
+from jrr_pipeline.assets.evaluation import build_evaluation_assets
+from jrr_pipeline.assets.negatives import NEGATIVES_CHECKS, build_negatives_assets
+
+
+def build_assets(preset: str) -> list:
+    """All asset definitions (the observable source included) with ``preset``'s config defaults."""
+    return [
+        dataset_files,
+        *build_data_assets(preset),
+        *build_negatives_assets(preset),
+        *build_evaluation_assets(preset),
+    ]
+
+
+ASSET_CHECKS = [*DATA_CHECKS, *NEGATIVES_CHECKS]
+
+__all__ = ["ASSET_CHECKS", "build_assets"]

@@ -1,0 +1,102 @@
+"""``jrr``: run the pipeline without the UI and read its reports."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from jrr_pipeline.paths import configure_environment, jrr_home
+from jrr_pipeline.presets import PRESET_NAMES
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="jrr", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="materialize the asset graph for one dataset (stale stages only)")
+    run.add_argument("data_dir", help="dataset directory (BEIR, MS MARCO TSV or CSV/Parquet layout)")
+    run.add_argument("--preset", choices=PRESET_NAMES, default="cpu", help="config defaults (default: cpu)")
+    run.add_argument("--select", default="*", help="Dagster asset selection, e.g. 'bm25_negatives+'")
+    run.add_argument("--stale-only", action="store_true", default=True,
+                     help="materialize only stale or missing assets (the default)")
+    run.add_argument("--all", dest="stale_only", action="store_false",
+                     help="materialize every selected asset, stale or not")
+    run.add_argument("--name", default="", help="dataset name (default: the directory's name)")
+    run.add_argument("--quiet", action="store_true", help="only print the summary")
+
+    report = sub.add_parser("report", help="print the latest evaluation table")
+    report.add_argument("--dataset", default=None, help="dataset name (default: the latest report)")
+    report.add_argument("--json", action="store_true", help="print the raw evaluation.json")
+
+    args = parser.parse_args(argv)
+    configure_environment()
+    try:
+        if args.command == "run":
+            return cmd_run(args)
+        return cmd_report(args)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"jrr: error: {err}", file=sys.stderr)
+        return 2
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from jrr_pipeline.runner import run_pipeline
+
+    data_dir = Path(args.data_dir).expanduser().resolve()
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"{data_dir}: no such dataset directory")
+    started = time.perf_counter()
+    outcome = run_pipeline(str(data_dir), preset=args.preset, select=args.select,
+                           stale_only=args.stale_only, dataset_name=args.name,
+                           echo=None if args.quiet else print)
+    seconds = time.perf_counter() - started
+    if not outcome.success:
+        print(f"jrr: run {outcome.run_id} failed after {seconds:.1f}s: {outcome.failure}", file=sys.stderr)
+        return 1
+    if not outcome.materialized:
+        print(f"nothing stale: {len(outcome.fresh)} assets up to date ({seconds:.1f}s)")
+    else:
+        print(f"materialized {len(outcome.materialized)} assets in {seconds:.1f}s: "
+              f"{', '.join(outcome.materialized)}")
+    report = outcome.report_path
+    if report and report.exists():
+        print(f"report: {report}")
+        print(_table(json.loads(report.read_text())))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    path = latest_report(args.dataset)
+    data = json.loads(path.read_text())
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        print(f"{path}\n{_table(data)}")
+    return 0
+
+
+def latest_report(dataset: str | None) -> Path:
+    reports = jrr_home() / "reports"
+    if dataset:
+        path = reports / dataset / "evaluation.json"
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no report for dataset {dataset!r}")
+        return path
+    found = sorted(reports.glob("*/evaluation.json"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise FileNotFoundError(f"{reports}: no evaluation report yet; run `jrr run DATA_DIR` first")
+    return found[-1]
+
+
+def _table(data: dict) -> str:
+    from jrr_pipeline.ml.evaluation import markdown_table
+
+    head = f"{data['dataset']} ({data['split']}), MLflow run {data.get('mlflow_run_id')}"
+    return f"{head}\n{markdown_table(data['systems'])}"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,9 @@
+"""The Dagster code location (``dagster dev -m jrr_pipeline.definitions``)."""
+
+from jrr_pipeline.paths import configure_environment
+
+configure_environment()
+
+from jrr_pipeline.pipeline import build_definitions  # noqa: E402
+
+defs = build_definitions()

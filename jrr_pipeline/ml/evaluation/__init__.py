@@ -1,0 +1,19 @@
+"""Evaluation: ir-measures metrics and the markdown/JSON/PNG report."""
+
+from jrr_pipeline.ml.evaluation.metrics import (
+    DEFAULT_MEASURES,
+    eval_split,
+    evaluate,
+    per_query,
+)
+from jrr_pipeline.ml.evaluation.report import markdown_table, read_report, write_report
+
+__all__ = [
+    "DEFAULT_MEASURES",
+    "eval_split",
+    "evaluate",
+    "markdown_table",
+    "per_query",
+    "read_report",
+    "write_report",
+]

@@ -1,0 +1,187 @@
+"""Evaluation report: evaluation.json, evaluation.md and PNG plots, each written atomically."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from jrr_pipeline.ml.evaluation import plots
+from jrr_pipeline.ml.evaluation.metrics import DEFAULT_MEASURES
+
+JSON_NAME = "evaluation.json"
+MARKDOWN_NAME = "evaluation.md"
+BASE_KEYS = ("dataset", "split", "systems", "mlflow_run_id")
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write `data` to a temp file beside `path`, fsync it, then os.replace it over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; reports are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4f}"
+
+
+def markdown_table(
+    systems: Mapping[str, Mapping[str, float]], measures: Sequence[str] = DEFAULT_MEASURES
+) -> str:
+    """A markdown table, one row per system and one column per measure (4 decimals).
+
+    With several systems the best value of each column is bold; a missing value shows as "–".
+    """
+    header = "| system | " + " | ".join(measures) + " |"
+    rule = "|---|" + "---:|" * len(measures)
+    best = {m: max((s[m] for s in systems.values() if m in s), default=None) for m in measures}
+    rows = []
+    for name, values in systems.items():
+        cells = []
+        for m in measures:
+            cell = _fmt(values.get(m))
+            if len(systems) > 1 and m in values and values[m] == best[m]:
+                cell = f"**{cell}**"
+            cells.append(cell)
+        rows.append(f"| {name.replace('|', '/')} | " + " | ".join(cells) + " |")
+    return "\n".join([header, rule, *rows])
+
+
+def _clean_systems(systems: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for name, values in systems.items():
+        out[str(name)] = {}
+        for measure, value in values.items():
+            v = float(value)
+            if not math.isfinite(v):
+                raise ValueError(f"write_report: system {name!r} measure {measure!r} is {v}")
+            out[str(name)][str(measure)] = v
+    return out
+
+
+def _markdown(
+    dataset: str,
+    split: str,
+    systems: dict[str, dict[str, float]],
+    mlflow_run_id: str | None,
+    extra: Mapping[str, Any],
+    plot_files: list[Path],
+) -> str:
+    measures = list(dict.fromkeys(m for v in systems.values() for m in v))
+    ordered = [m for m in DEFAULT_MEASURES if m in measures] + [
+        m for m in measures if m not in DEFAULT_MEASURES
+    ]
+    lines = [
+        f"# Evaluation: {dataset}",
+        "",
+        f"- split: `{split}`",
+        f"- MLflow run: `{mlflow_run_id}`" if mlflow_run_id else "- MLflow run: none",
+    ]
+    lines += [
+        f"- {key}: {value}"
+        for key, value in extra.items()
+        if isinstance(value, str | int | float | bool)
+    ]
+    lines += ["", markdown_table(systems, ordered), ""]
+    lines += [f"![{p.stem}]({p.name})" for p in plot_files]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(
+    out_dir: Path,
+    dataset: str,
+    split: str,
+    systems: dict[str, dict[str, float]],
+    mlflow_run_id: str | None,
+    extra: dict | None = None,
+    per_query: dict[str, dict[str, float]] | None = None,
+    recall_curves: dict[str, dict[int, float]] | None = None,
+    per_query_measure: str = "nDCG@10",
+) -> dict[str, Any]:
+    """Write the report files into `out_dir` and return their paths.
+
+    evaluation.json holds exactly {"dataset", "split", "systems", "mlflow_run_id"} plus the keys
+    of `extra` (which must be JSON-serialisable and must not reuse those four names).
+    `per_query` ({system: {query_id: value of per_query_measure}}) adds per_query.json and a
+    plot; `recall_curves` ({system: {k: R@k}}) adds recall_curve.png.
+    Returns {"json": Path, "markdown": Path, "plots": [Path, ...]} (+ "per_query": Path).
+    """
+    if not systems:
+        raise ValueError("write_report: no systems to report")
+    extra = dict(extra or {})
+    clash = sorted(set(extra) & set(BASE_KEYS))
+    if clash:
+        raise ValueError(f"write_report: extra keys {clash} clash with the report's own keys")
+    out_dir = Path(out_dir)
+    clean = _clean_systems(systems)
+    measures = list(dict.fromkeys(m for v in clean.values() for m in v))
+    outputs: dict[str, Any] = {"plots": []}
+
+    bar = out_dir / "measures_bar.png"
+    atomic_write(bar, plots.measures_bar(clean, measures))
+    outputs["plots"].append(bar)
+    if recall_curves:
+        curve = out_dir / "recall_curve.png"
+        atomic_write(curve, plots.recall_curve(recall_curves))
+        outputs["plots"].append(curve)
+    if per_query:
+        pq_png = out_dir / "per_query.png"
+        atomic_write(pq_png, plots.per_query_sorted(per_query, per_query_measure))
+        outputs["plots"].append(pq_png)
+        pq_json = out_dir / "per_query.json"
+        payload = {"measure": per_query_measure, "systems": per_query}
+        atomic_write(pq_json, json.dumps(payload, indent=1, sort_keys=True).encode())
+        outputs["per_query"] = pq_json
+
+    md = out_dir / MARKDOWN_NAME
+    text = _markdown(dataset, split, clean, mlflow_run_id, extra, outputs["plots"])
+    atomic_write(md, text.encode("utf-8"))
+    outputs["markdown"] = md
+
+    report = {
+        "dataset": dataset,
+        "split": split,
+        "systems": clean,
+        "mlflow_run_id": mlflow_run_id,
+        **extra,
+    }
+    js = out_dir / JSON_NAME
+    atomic_write(js, (json.dumps(report, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+    outputs["json"] = js
+    return outputs
+
+
+def read_report(path: str | Path) -> dict:
+    """Read evaluation.json (or the directory holding it); clear error if missing or malformed."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / JSON_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: evaluation report not found")
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(report, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    missing = [k for k in BASE_KEYS if k not in report]
+    if missing:
+        raise ValueError(f"{path}: field '{missing[0]}': missing")
+    if not isinstance(report["systems"], dict) or not all(
+        isinstance(v, dict) for v in report["systems"].values()
+    ):
+        raise ValueError(f"{path}: field 'systems': expected {{system: {{measure: value}}}}")
+    return report

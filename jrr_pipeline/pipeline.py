@@ -1,0 +1,49 @@
+"""Builds the one ``Definitions`` object from a preset and a dataset directory."""
+
+from __future__ import annotations
+
+import os
+
+from dagster import (
+    AssetSelection,
+    Definitions,
+    define_asset_job,
+    in_process_executor,
+)
+
+from jrr_pipeline.assets import ASSET_CHECKS, build_assets
+from jrr_pipeline.presets import check_preset
+from jrr_pipeline.resources import ArtifactStore, Compute, DatasetSource, MLflowTracking, Warehouse
+
+PIPELINE_JOB = "jrr_pipeline_job"
+
+
+def build_resources(data_dir: str | None = None, dataset_name: str = "") -> dict:
+    return {
+        "dataset": DatasetSource(data_dir=data_dir or os.environ.get("JRR_DATA_DIR", ""),
+                                 name=dataset_name or os.environ.get("JRR_DATASET_NAME", "")),
+        "warehouse": Warehouse(path=os.environ.get("JRR_WAREHOUSE", "")),
+        "artifacts": ArtifactStore(),
+        "mlflow_tracking": MLflowTracking(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", "")),
+        "compute": Compute(),
+    }
+
+
+def build_definitions(preset: str | None = None, data_dir: str | None = None) -> Definitions:
+    """The code location. ``preset`` defaults to $JRR_PRESET (else ``cpu``)."""
+    preset = check_preset(preset or os.environ.get("JRR_PRESET", "cpu"))
+    assets = build_assets(preset)
+    pipeline = define_asset_job(
+        PIPELINE_JOB,
+        selection=AssetSelection.all(),
+        description=f"Every stage, data to report ({preset} preset defaults)",
+        tags={"jrr/preset": preset},
+    )
+    return Definitions(
+        assets=assets,
+        asset_checks=ASSET_CHECKS,
+        jobs=[pipeline],
+        resources=build_resources(data_dir),
+        # torch is heavy and the default machine has 2 cores: run steps in one process.
+        executor=in_process_executor,
+    )

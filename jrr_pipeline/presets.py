@@ -1,0 +1,77 @@
+"""Named presets (``ci``, ``cpu``, ``gpu``): default values for each asset's Config.
+
+A preset only sets defaults. The Config classes' own defaults are the ``cpu`` preset; ``ci`` makes
+everything tiny and fast for tests; ``gpu`` uses paper-like sizes. Any field can still be overridden
+in Dagster run config, and a preset's values are part of each asset's code version, so switching
+presets marks exactly the assets whose settings changed as stale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import json
+from functools import cache
+from typing import Any
+
+import pydantic
+from dagster import Config
+
+PRESET_NAMES = ("ci", "cpu", "gpu")
+
+# asset name -> field -> value; fields left out keep the Config class default (the cpu preset).
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "ci": {
+        "bm25_negatives": {"top_k": 20},
+    },
+    "cpu": {},
+    "gpu": {},
+}
+
+
+def check_preset(name: str) -> str:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESET_NAMES)}")
+    return name
+
+
+def preset_config(cls: type[Config], asset: str, preset: str) -> type[Config]:
+    """``cls`` with the preset's defaults for ``asset`` (a subclass; same fields and help texts)."""
+    values = PRESETS[check_preset(preset)].get(asset, {})
+    if not values:
+        return cls
+    unknown = set(values) - set(cls.model_fields)
+    if unknown:
+        raise ValueError(f"preset {preset!r} sets unknown fields of {asset}: {sorted(unknown)}")
+    fields: dict[str, Any] = {}
+    for key, value in values.items():
+        info = cls.model_fields[key]
+        fields[key] = (info.annotation, pydantic.Field(default=value, description=info.description))
+    return pydantic.create_model(cls.__name__, __base__=cls, **fields)
+
+
+def config_defaults(cls: type[Config]) -> dict[str, Any]:
+    return {name: f.get_default(call_default_factory=True) for name, f in cls.model_fields.items()}
+
+
+@cache
+def _module_source_hash(module: str) -> str:
+    return hashlib.sha256(inspect.getsource(importlib.import_module(module)).encode()).hexdigest()
+
+
+def code_version(config_cls: type[Config] | None, *modules: str) -> str:
+    """A code version derived from the source of ``modules`` and the config schema + defaults.
+
+    Editing any of those modules, or changing a default (for example by switching preset), gives a
+    new version, so Dagster marks the asset and everything downstream stale.
+    """
+    digest = hashlib.sha256()
+    for module in sorted(modules):
+        digest.update(module.encode())
+        digest.update(_module_source_hash(module).encode())
+    if config_cls is not None:
+        schema = config_cls.model_json_schema()
+        digest.update(json.dumps(schema, sort_keys=True, default=str).encode())
+        digest.update(json.dumps(config_defaults(config_cls), sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:16]

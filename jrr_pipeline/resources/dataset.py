@@ -1,0 +1,54 @@
+"""Which dataset the pipeline works on: a directory in BEIR, MS MARCO or CSV/Parquet layout."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from dagster import ConfigurableResource
+from pydantic import Field
+
+
+class DatasetSource(ConfigurableResource):
+    data_dir: str = Field(default="", description="Dataset directory (jrr run DATA_DIR or $JRR_DATA_DIR)")
+    name: str = Field(default="", description="Dataset name; empty means the directory's name")
+    format: str = Field(default="auto", description="auto | beir | msmarco | tabular")
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="CSV/Parquet column mapping, e.g. {'doc_id': 'id', 'text': 'body'}",
+    )
+
+    @property
+    def directory(self) -> Path:
+        if not self.data_dir:
+            raise ValueError(
+                "no dataset configured: run `jrr run DATA_DIR` or set JRR_DATA_DIR before `dagster dev`"
+            )
+        return Path(self.data_dir).expanduser().resolve()
+
+    @property
+    def dataset_name(self) -> str:
+        return self.name or self.directory.name
+
+    def files(self) -> list[Path]:
+        from jrr_pipeline.ml.data import dataset_files
+
+        return dataset_files(self.directory, self.format)
+
+    def content_hashes(self) -> dict[str, str]:
+        """sha256 of every input file, keyed by its path relative to the data directory."""
+        return {str(p.relative_to(self.directory)): file_sha256(p) for p in self.files()}
+
+    def load(self):
+        from jrr_pipeline.ml.data import ColumnMapping, load_dataset
+
+        mapping = ColumnMapping(**self.columns) if self.columns else None
+        return load_dataset(self.directory, fmt=self.format, name=self.dataset_name, columns=mapping)
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

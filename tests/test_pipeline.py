@@ -1,0 +1,94 @@
+"""The whole asset graph through Dagster: materialize with checks, re-run, staleness, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import duckdb
+import pytest
+from dagster import instance_for_test
+
+from jrr_pipeline.runner import run_pipeline
+
+ALL_ASSETS = {"corpus", "queries", "qrels", "bm25_index", "bm25_negatives", "evaluation_report"}
+
+
+@pytest.fixture
+def instance(jrr_env: Path):
+    (jrr_env / "dagster").mkdir(parents=True, exist_ok=True)
+    with instance_for_test(temp_dir=str(jrr_env / "dagster")) as inst:
+        yield inst
+
+
+def test_full_graph_then_noop_then_one_stale_branch(beir_dir, jrr_env, instance, tmp_path):
+    data = tmp_path / "toyset"
+    data.mkdir()
+    for f in beir_dir.rglob("*"):
+        if f.is_file():
+            (data / f.relative_to(beir_dir)).parent.mkdir(parents=True, exist_ok=True)
+            (data / f.relative_to(beir_dir)).write_bytes(f.read_bytes())
+
+    first = run_pipeline(str(data), preset="ci", echo=None, instance=instance)
+    assert first.success, first.failure
+    assert set(first.materialized) == ALL_ASSETS
+    assert first.checks and all(first.checks.values()), first.checks
+    assert "qrels:qrels_no_split_leak" in first.checks
+
+    report = json.loads(first.report_path.read_text())
+    assert report["dataset"] == "toyset" and report["split"] == "test"
+    bm25 = report["systems"]["bm25"]
+    assert set(bm25) >= {"nDCG@10", "RR@10", "R@1", "R@5", "R@10", "R@20", "R@100", "MAP"}
+    assert 0.5 < bm25["nDCG@10"] <= 1.0  # queries use their topic's words: BM25 finds most
+    assert bm25["R@1"] <= bm25["R@10"] <= bm25["R@100"]
+    assert (first.report_path.parent / "evaluation.md").read_text().count("bm25") >= 1
+    assert any(p.suffix == ".png" for p in first.report_path.parent.iterdir())
+
+    con = duckdb.connect(str(jrr_env / "warehouse.duckdb"), read_only=True)
+    assert con.execute("select count(*) from corpus").fetchone()[0] == 80
+    assert con.execute("select count(distinct query_id) from negatives").fetchone()[0] == 40
+    assert con.execute("select max(rank) from negatives").fetchone()[0] <= 20  # ci preset top_k
+    stored = con.execute(
+        "select value from metrics where system='bm25' and measure='nDCG@10'").fetchall()
+    con.close()
+    assert stored == [(pytest.approx(bm25["nDCG@10"]),)]
+
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{jrr_env / 'mlflow.db'}")
+    run = mlflow.get_run(report["mlflow_run_id"])
+    assert run.data.metrics["bm25.nDCG_at_10"] == pytest.approx(bm25["nDCG@10"])
+    assert run.data.tags["dagster.run_id"] == first.run_id
+
+    again = run_pipeline(str(data), preset="ci", echo=None, instance=instance)
+    assert again.success and again.materialized == []
+    assert set(again.fresh) == ALL_ASSETS
+
+    # edit one query: only the query-dependent branch is stale; the BM25 index stays fresh
+    lines = (data / "queries.jsonl").read_text().splitlines()
+    first_query = json.loads(lines[0])
+    first_query["text"] += " aggregate"
+    lines[0] = json.dumps(first_query)
+    (data / "queries.jsonl").write_text("\n".join(lines) + "\n")
+    third = run_pipeline(str(data), preset="ci", echo=None, instance=instance)
+    assert third.success, third.failure
+    assert set(third.materialized) == {"corpus", "queries", "qrels", "bm25_negatives", "evaluation_report"}
+
+
+def test_bad_input_fails_and_keeps_previous_tables(beir_dir, jrr_env, instance, tmp_path):
+    good = run_pipeline(str(beir_dir), preset="ci", select="corpus", echo=None, instance=instance)
+    assert good.success
+    bad = tmp_path / "toyset"
+    bad.mkdir()
+    (bad / "qrels").mkdir()
+    (bad / "qrels" / "test.tsv").write_text((beir_dir / "qrels" / "test.tsv").read_text())
+    (bad / "queries.jsonl").write_text((beir_dir / "queries.jsonl").read_text())
+    corpus = (beir_dir / "corpus.jsonl").read_text().splitlines()
+    corpus[6] = corpus[6][:-1]  # break the JSON of line 7
+    (bad / "corpus.jsonl").write_text("\n".join(corpus) + "\n")
+    outcome = run_pipeline(str(bad), preset="ci", select="corpus", echo=None, instance=instance)
+    assert not outcome.success
+    assert "corpus.jsonl:7" in outcome.failure
+    con = duckdb.connect(str(jrr_env / "warehouse.duckdb"), read_only=True)
+    assert con.execute("select count(*) from corpus").fetchone()[0] == 80
+    con.close()
