@@ -19,6 +19,7 @@ import polars as pl
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from jrr_pipeline.ml.data import load_dataset  # noqa: E402
 from jrr_pipeline.ml.evaluation import evaluate, markdown_table  # noqa: E402
 from jrr_pipeline.ml.sparse import (  # noqa: E402
     BM25Config,
@@ -29,43 +30,9 @@ from jrr_pipeline.ml.sparse import (  # noqa: E402
 )
 
 
-def _read_jsonl(path: Path, columns: dict[str, str]) -> pl.DataFrame:
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                obj = json.loads(line)
-                rows.append({ours: str(obj.get(theirs, "")) for ours, theirs in columns.items()})
-    return pl.DataFrame(rows, schema=dict.fromkeys(columns, pl.Utf8))
-
-
 def load_beir(data_dir: Path) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, str]:
-    """(corpus, queries, qrels, loader name): jrr_pipeline.ml.data if present, else a local reader."""
-    try:
-        from jrr_pipeline.ml.data import load_dataset
-    except ImportError:
-        load_dataset = None
-    if load_dataset is not None:
-        ds = load_dataset(data_dir)
-        return ds.corpus, ds.queries, ds.qrels, "jrr_pipeline.ml.data.load_dataset"
-    corpus = _read_jsonl(
-        data_dir / "corpus.jsonl", {"doc_id": "_id", "title": "title", "text": "text"}
-    )
-    queries = _read_jsonl(data_dir / "queries.jsonl", {"query_id": "_id", "text": "text"})
-    frames = []
-    for path in sorted((data_dir / "qrels").glob("*.tsv")):
-        df = pl.read_csv(
-            path, separator="\t", schema_overrides={"query-id": pl.Utf8, "corpus-id": pl.Utf8}
-        )
-        frames.append(
-            df.select(
-                pl.col("query-id").alias("query_id"),
-                pl.col("corpus-id").alias("doc_id"),
-                pl.col("score").cast(pl.Int32).alias("relevance"),
-                pl.lit(path.stem).alias("split"),
-            )
-        )
-    return corpus, queries, pl.concat(frames), "bench-local reader"
+    ds = load_dataset(data_dir)
+    return ds.corpus, ds.queries, ds.qrels, "jrr_pipeline.ml.data.load_dataset"
 
 
 def main() -> None:

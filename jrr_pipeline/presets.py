@@ -24,9 +24,21 @@ PRESET_NAMES = ("ci", "cpu", "gpu")
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "ci": {
         "bm25_negatives": {"top_k": 20},
+        "warmup_retriever": {"max_steps": 2, "batch_size": 4, "n_negatives": 1,
+                             "query_max_length": 16, "passage_max_length": 48, "rank_window_end": 20},
+        "warmup_reranker": {"max_steps": 2, "batch_size": 2, "n_negatives": 3, "max_length": 64,
+                            "rank_window_end": 20},
+        "dense_negatives": {"top_k": 20, "batch_size": 32},
+        "evaluation_report": {"depth": 20, "rerank_depth": 10},
     },
     "cpu": {},
-    "gpu": {},
+    "gpu": {
+        "warmup_retriever": {"epochs": 3, "batch_size": 64, "n_negatives": 7,
+                             "passage_max_length": 256, "lr": 3e-5},
+        "warmup_reranker": {"epochs": 2, "batch_size": 16, "n_negatives": 15, "max_length": 320},
+        "dense_negatives": {"batch_size": 256},
+        "evaluation_report": {"rerank_batch_size": 256},
+    },
 }
 
 

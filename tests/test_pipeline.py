@@ -11,7 +11,8 @@ from dagster import instance_for_test
 
 from jrr_pipeline.runner import run_pipeline
 
-ALL_ASSETS = {"corpus", "queries", "qrels", "bm25_index", "bm25_negatives", "evaluation_report"}
+ALL_ASSETS = {"corpus", "queries", "qrels", "bm25_index", "bm25_negatives", "warmup_retriever",
+              "warmup_reranker", "dense_negatives", "evaluation_report"}
 
 
 @pytest.fixture
@@ -41,6 +42,12 @@ def test_full_graph_then_noop_then_one_stale_branch(beir_dir, jrr_env, instance,
     assert set(bm25) >= {"nDCG@10", "RR@10", "R@1", "R@5", "R@10", "R@20", "R@100", "MAP"}
     assert 0.5 < bm25["nDCG@10"] <= 1.0  # queries use their topic's words: BM25 finds most
     assert bm25["R@1"] <= bm25["R@10"] <= bm25["R@100"]
+    dense = report["systems"]["warmup_retriever"]
+    reranked = report["systems"]["warmup_retriever+reranker"]
+    print("toyset nDCG@10", bm25["nDCG@10"], dense["nDCG@10"], reranked["nDCG@10"])
+    assert dense["nDCG@10"] > 0.3  # MiniLM after two ci steps still matches topic words
+    assert 0.0 < reranked["nDCG@10"] <= 1.0
+    assert reranked["R@20"] <= dense["R@20"] + 1e-9  # reranking top-10 cannot add documents
     assert (first.report_path.parent / "evaluation.md").read_text().count("bm25") >= 1
     assert any(p.suffix == ".png" for p in first.report_path.parent.iterdir())
 
@@ -72,7 +79,7 @@ def test_full_graph_then_noop_then_one_stale_branch(beir_dir, jrr_env, instance,
     (data / "queries.jsonl").write_text("\n".join(lines) + "\n")
     third = run_pipeline(str(data), preset="ci", echo=None, instance=instance)
     assert third.success, third.failure
-    assert set(third.materialized) == {"corpus", "queries", "qrels", "bm25_negatives", "evaluation_report"}
+    assert set(third.materialized) == ALL_ASSETS - {"bm25_index"}
 
 
 def test_bad_input_fails_and_keeps_previous_tables(beir_dir, jrr_env, instance, tmp_path):

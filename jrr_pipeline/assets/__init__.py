@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from jrr_pipeline.assets.data import DATA_CHECKS, build_data_assets, dataset_files
+from jrr_pipeline.assets.dense import build_dense_assets
 from jrr_pipeline.assets.evaluation import build_evaluation_assets
 from jrr_pipeline.assets.negatives import NEGATIVES_CHECKS, build_negatives_assets
+from jrr_pipeline.assets.warmup import build_warmup_assets
 
 
 def build_assets(preset: str) -> list:
@@ -13,6 +15,8 @@ def build_assets(preset: str) -> list:
         dataset_files,
         *build_data_assets(preset),
         *build_negatives_assets(preset),
+        *build_warmup_assets(preset),
+        *build_dense_assets(preset),
         *build_evaluation_assets(preset),
     ]
 

@@ -9,15 +9,23 @@ from pydantic import Field
 
 from jrr_pipeline.assets.common import dagster_tags
 from jrr_pipeline.presets import code_version, preset_config
-from jrr_pipeline.resources import ArtifactStore, DatasetSource, MLflowTracking, Warehouse
+from jrr_pipeline.assets.dense import WARMUP_INDEX
+from jrr_pipeline.resources import ArtifactStore, Compute, DatasetSource, MLflowTracking, Warehouse
 
 GROUP = "evaluation"
 RECALL_CURVE_KS = (1, 5, 10, 20, 50, 100)
 
 
 class EvaluationConfig(Config):
-    depth: int = Field(default=100, description="retrieval depth per query (and rerank depth)")
+    depth: int = Field(default=100, description="retrieval depth per query")
+    rerank_depth: int = Field(default=100, description="top-k of the retriever the reranker rescores")
+    rerank_batch_size: int = Field(default=64, description="query-passage pairs per reranker batch")
     bm25_threads: int = Field(default=1, description="bm25s search threads")
+
+
+def mlflow_metric_name(system: str, measure: str) -> str:
+    """MLflow allows neither '@' nor '+': 'a+b', 'nDCG@10' -> 'a_plus_b.nDCG_at_10'."""
+    return f"{system.replace('+', '_plus_')}.{measure.replace('@', '_at_')}"
 
 
 def bm25_run(
@@ -32,6 +40,43 @@ def bm25_run(
     return run_from_search(query_ids, doc_ids, scores)
 
 
+def dense_run(artifacts: ArtifactStore, dataset: str, retriever_asset: str, index_artifact: str,
+              texts: list[str], query_ids: list[str], depth: int, compute: Compute):
+    from jrr_pipeline.assets.dense import encode_queries, load_retriever
+    from jrr_pipeline.ml.index import load_index, search
+    from jrr_pipeline.ml.sparse import run_from_search
+
+    retriever = load_retriever(artifacts.path(dataset, retriever_asset), compute)
+    index, doc_ids = load_index(artifacts.path(dataset, index_artifact))
+    hits, scores = search(index, doc_ids, encode_queries(retriever, texts, compute), depth)
+    return run_from_search(query_ids, hits, scores)
+
+
+def rerank_run(artifacts: ArtifactStore, dataset: str, reranker_asset: str, warehouse: Warehouse,
+               first_stage: dict[str, dict[str, float]], texts: dict[str, str], depth: int,
+               batch_size: int, compute: Compute) -> dict[str, dict[str, float]]:
+    """Rescore each query's top-``depth`` of ``first_stage`` with the cross-encoder."""
+    from jrr_pipeline.assets.dense import autocast_dtype
+    from jrr_pipeline.ml.index import passage_texts
+    from jrr_pipeline.ml.modeling import CrossEncoderReranker
+
+    reranker = CrossEncoderReranker.from_pretrained(str(artifacts.path(dataset, reranker_asset)))
+    reranker = reranker.to(compute.torch_device()).eval()
+    corpus = warehouse.table("corpus")
+    passages = dict(zip(corpus["doc_id"].to_list(), passage_texts(corpus), strict=True))
+    pairs, keys = [], []
+    for qid, docs in first_stage.items():
+        for did, _score in sorted(docs.items(), key=lambda kv: -kv[1])[:depth]:
+            pairs.append((texts[qid], passages[did]))
+            keys.append((qid, did))
+    scores = reranker.predict(pairs, batch_size=batch_size, progress=True,
+                              autocast_dtype=autocast_dtype(compute))
+    run: dict[str, dict[str, float]] = {}
+    for (qid, did), score in zip(keys, scores, strict=True):
+        run.setdefault(qid, {})[did] = float(score)
+    return run
+
+
 def _query_texts(warehouse: Warehouse, query_ids: list[str]) -> list[str]:
     queries = warehouse.table("queries")
     lookup = dict(zip(queries["query_id"].to_list(), queries["text"].to_list(), strict=True))
@@ -44,9 +89,11 @@ def build_evaluation_assets(preset: str) -> list:
     @asset(
         name="evaluation_report",
         group_name=GROUP,
-        deps=["bm25_index", "queries", "qrels"],
+        deps=["bm25_index", "dense_negatives", "warmup_retriever", "warmup_reranker", "queries",
+              "qrels"],
         code_version=code_version(
-            EvalConfig, __name__, "jrr_pipeline.ml.evaluation.metrics", "jrr_pipeline.ml.evaluation.report"
+            EvalConfig, __name__, "jrr_pipeline.ml.evaluation.metrics",
+            "jrr_pipeline.ml.evaluation.report", "jrr_pipeline.ml.index",
         ),
         description="nDCG@10, RR@10, R@k, MAP of every system (ir-measures) -> JSON, markdown, plots, MLflow",
     )
@@ -57,6 +104,7 @@ def build_evaluation_assets(preset: str) -> list:
         artifacts: ArtifactStore,
         dataset: DatasetSource,
         mlflow_tracking: MLflowTracking,
+        compute: Compute,
     ) -> MaterializeResult:
         from jrr_pipeline.ml.evaluation import (
             DEFAULT_MEASURES,
@@ -74,10 +122,28 @@ def build_evaluation_assets(preset: str) -> list:
         runs: dict[str, dict[str, dict[str, float]]] = {}
         timings: dict[str, float] = {}
 
-        started = time.perf_counter()
-        runs["bm25"] = bm25_run(warehouse, artifacts, name, query_ids, config.depth, config.bm25_threads)
-        timings["bm25"] = time.perf_counter() - started
-        context.log.info(f"bm25: {len(query_ids)} {split} queries in {timings['bm25']:.2f}s")
+        compute.apply_threads()
+        texts = _query_texts(warehouse, query_ids)
+        text_of = dict(zip(query_ids, texts, strict=True))
+        systems_to_run = {
+            "bm25": (("bm25_index",), lambda: bm25_run(
+                warehouse, artifacts, name, query_ids, config.depth, config.bm25_threads)),
+            "warmup_retriever": (("warmup_retriever", WARMUP_INDEX), lambda: dense_run(
+                artifacts, name, "warmup_retriever", WARMUP_INDEX, texts, query_ids, config.depth,
+                compute)),
+            "warmup_retriever+reranker": (("warmup_reranker",), lambda: rerank_run(
+                artifacts, name, "warmup_reranker", warehouse, runs["warmup_retriever"], text_of,
+                config.rerank_depth, config.rerank_batch_size, compute)),
+        }
+        for system, (needs, make_run) in systems_to_run.items():
+            missing = [a for a in needs if not artifacts.path(name, a).exists()]
+            if missing or (system.endswith("+reranker") and "warmup_retriever" not in runs):
+                context.log.warning(f"{system}: skipped, no artifact {missing} yet")
+                continue
+            started = time.perf_counter()
+            runs[system] = make_run()
+            timings[system] = time.perf_counter() - started
+            context.log.info(f"{system}: {len(query_ids)} {split} queries in {timings[system]:.1f}s")
 
         systems = {sys: evaluate(run, qrels, DEFAULT_MEASURES, split=split) for sys, run in runs.items()}
         curve_measures = [f"R@{k}" for k in RECALL_CURVE_KS]
@@ -96,7 +162,7 @@ def build_evaluation_assets(preset: str) -> list:
             mlflow.log_params({"dataset": name, "split": split, "depth": config.depth,
                                "num_queries": len(query_ids)})
             for sys, values in systems.items():
-                mlflow.log_metrics({f"{sys}.{m.replace('@', '_at_')}": v for m, v in values.items()})
+                mlflow.log_metrics({mlflow_metric_name(sys, m): v for m, v in values.items()})
             paths = write_report(
                 artifacts.report_dir(name), name, split, systems, run_id,
                 extra={"num_queries": len(query_ids), "depth": config.depth,

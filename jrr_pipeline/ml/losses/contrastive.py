@@ -1,0 +1,58 @@
+"""InfoNCE with in-batch, hard and (under DDP) cross-batch negatives.
+
+For query i with passages laid out ``[pos_0, neg_0_1..neg_0_n, pos_1, ...]`` (1 + n per query)::
+
+    L = -1/B * sum_i log( exp(s * <q_i, p_i+>) / sum_j exp(s * <q_i, p_j>) )
+
+where j runs over every passage of the (gathered) batch: the query's own hard negatives, the
+other queries' positives and negatives, and, with ``cross_batch``, the passages of all DDP
+ranks. ``s`` is the scale (1 / temperature).
+
+References: Karpukhin et al. 2020, "Dense Passage Retrieval for Open-Domain Question
+Answering" (DPR, in-batch negatives); Qu et al. 2021, "RocketQA: An Optimized Training
+Approach to Dense Passage Retrieval" (cross-batch negatives).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from jrr_pipeline.ml.losses.distributed import dist_ready, gather_with_grad
+
+
+class InfoNCELoss(nn.Module):
+    """Softmax cross-entropy of each query over all passages in the (global) batch.
+
+    After each call ``last_num_passages`` holds the number of passages in the logits
+    (``world_size * B * (1 + n)`` with cross-batch negatives under DDP).
+    """
+
+    def __init__(self, cross_batch: bool = True) -> None:
+        super().__init__()
+        self.cross_batch = cross_batch
+        self.last_num_passages = 0
+
+    def forward(self, q: Tensor, p: Tensor, scale: float) -> Tensor:
+        """Mean loss over the local queries; ``q`` [B, H], ``p`` [B * (1 + n), H]."""
+        if q.dim() != 2 or p.dim() != 2 or q.shape[1] != p.shape[1]:
+            raise ValueError(
+                f"InfoNCELoss: expected q [B, H] and p [B*(1+n), H], got {tuple(q.shape)} "
+                f"and {tuple(p.shape)}"
+            )
+        if q.shape[0] == 0 or p.shape[0] % q.shape[0] != 0:
+            raise ValueError(
+                f"InfoNCELoss: {p.shape[0]} passages is not a positive multiple of "
+                f"{q.shape[0]} queries"
+            )
+        group = p.shape[0] // q.shape[0]
+        offset = 0
+        if self.cross_batch and dist_ready():
+            offset = dist.get_rank() * p.shape[0]
+            p = gather_with_grad(p)
+        self.last_num_passages = p.shape[0]
+        logits = (q @ p.T) * scale
+        target = offset + torch.arange(q.shape[0], device=q.device) * group
+        return F.cross_entropy(logits.float(), target)

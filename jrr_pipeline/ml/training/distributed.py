@@ -1,0 +1,101 @@
+"""DDP helpers: world info from torchrun's environment, process-group setup, and a torchrun launcher."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+
+def world_info() -> tuple[int, int]:
+    """(rank, world_size) of this process: from the process group if initialised, else torchrun's env."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """True on rank 0 (and in a plain single-process run)."""
+    return world_info()[0] == 0
+
+
+def local_rank() -> int:
+    """LOCAL_RANK set by torchrun (0 when absent)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def training_device() -> torch.device:
+    """cuda:LOCAL_RANK when CUDA is available, else cpu."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank())
+    return torch.device("cpu")
+
+
+def init_distributed(device: torch.device) -> bool:
+    """Initialise the default process group when WORLD_SIZE > 1 and none exists yet.
+
+    Backend: nccl on CUDA, gloo on CPU. Returns True when this call created the group (the caller
+    should then destroy it with `cleanup_distributed`).
+    """
+    _, world = world_info()
+    if world <= 1 or dist.is_initialized():
+        return False
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        dist.init_process_group("gloo")
+    return True
+
+
+def cleanup_distributed() -> None:
+    """Destroy the default process group if one exists."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    """Synchronise ranks (no-op outside DDP)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def launch_torchrun(
+    nproc: int,
+    module: str,
+    args: list[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: str | Path | None = None,
+    timeout: float | None = None,
+    check: bool = True,
+) -> subprocess.CompletedProcess:
+    """Run `python -m torch.distributed.run --standalone --nproc_per_node=N -m module args...`.
+
+    Output is captured (text). `--standalone` picks a free local rendezvous port, so several
+    launches can run side by side. With `check`, a non-zero exit raises RuntimeError quoting the
+    command and the tail of its output.
+    """
+    if nproc < 1:
+        raise ValueError(f"launch_torchrun: nproc must be >= 1, got {nproc}")
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+        f"--nproc_per_node={nproc}", "-m", module, *args,
+    ]
+    full_env = dict(os.environ)
+    if env:
+        full_env.update(env)
+    proc = subprocess.run(
+        cmd, env=full_env, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if check and proc.returncode != 0:
+        tail = (proc.stdout[-2000:] + "\n" + proc.stderr[-4000:]).strip()
+        raise RuntimeError(
+            f"torchrun exited with status {proc.returncode}: {' '.join(cmd)}\n{tail}"
+        )
+    return proc

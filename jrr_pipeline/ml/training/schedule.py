@@ -1,0 +1,113 @@
+"""Optimizer, learning-rate schedule and bf16-autocast decision for the training loop."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterable
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from torch import nn
+
+# Parameter-name fragments that are never weight-decayed (HF BERT-style names and common variants).
+_NO_DECAY_MARKERS = ("bias", "LayerNorm", "layer_norm", "layernorm", "norm.weight")
+
+
+def warmup_steps_for(total_steps: int, warmup_ratio: float) -> int:
+    """Number of warm-up steps: ceil(warmup_ratio * total_steps)."""
+    return math.ceil(warmup_ratio * total_steps)
+
+
+def lr_multiplier(step: int, total_steps: int, warmup_steps: int) -> float:
+    """Learning-rate factor used by the optimizer update with 0-based index `step`.
+
+    Linear warm-up then linear decay, chosen so that no update inside the run uses lr 0:
+    - warm-up (step < W): (step + 1) / W, reaching 1.0 at the last warm-up step W - 1;
+    - decay (W <= step < T): (T - step) / (T - W), 1.0 at step W and 1 / (T - W) at the last step;
+    - step >= T: 0.
+    """
+    if step >= total_steps:
+        return 0.0
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    return (total_steps - step) / (total_steps - warmup_steps)
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """LambdaLR applying `lr_multiplier`; call `.step()` once after each optimizer step."""
+    warmup = warmup_steps_for(total_steps, warmup_ratio)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_multiplier(step, total_steps, warmup)
+    )
+
+
+def _no_decay(name: str, param: nn.Parameter) -> bool:
+    return param.ndim < 2 or any(marker in name for marker in _NO_DECAY_MARKERS)
+
+
+def parameter_groups(
+    named_parameters: Iterable[tuple[str, nn.Parameter]], weight_decay: float
+) -> list[dict]:
+    """Split trainable parameters into a decayed group and a no-decay group (biases, norms).
+
+    Parameters shared under several names are listed once.
+    """
+    seen: set[int] = set()
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    for name, param in named_parameters:
+        if not param.requires_grad or id(param) in seen:
+            continue
+        seen.add(id(param))
+        (no_decay if _no_decay(name, param) else decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(
+    named_parameters: Iterable[tuple[str, nn.Parameter]], lr: float, weight_decay: float
+) -> torch.optim.AdamW:
+    """AdamW without weight decay on biases and LayerNorm weights."""
+    groups = parameter_groups(named_parameters, weight_decay)
+    if not any(group["params"] for group in groups):
+        raise ValueError("no trainable parameters: every parameter has requires_grad=False")
+    return torch.optim.AdamW(groups, lr=lr)
+
+
+@lru_cache(maxsize=1)
+def cpu_supports_bf16() -> bool:
+    """True when /proc/cpuinfo advertises AMX-BF16 or AVX512-BF16 (fast bf16 matmuls)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+            break
+    return bool({"amx_bf16", "avx512_bf16"} & flags)
+
+
+def use_bf16(setting: str, device: torch.device) -> bool:
+    """Resolve TrainConfig.bf16 ("auto" | "on" | "off") for `device`."""
+    if setting == "off":
+        return False
+    if setting == "on":
+        return True
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_supports_bf16()
+
+
+def autocast_context(enabled: bool, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on `device` when enabled, else a no-op context."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)

@@ -1,0 +1,228 @@
+"""The two warm-up tasks (DPR-style retriever, listwise reranker) and their training examples."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+from torch import Tensor
+
+from jrr_pipeline.ml.losses import InfoNCELoss, ListwiseCELoss
+from jrr_pipeline.ml.modeling import CrossEncoderReranker, DenseRetriever
+
+
+@dataclass
+class RetrievalExample:
+    """One training query with one positive passage and its hard negatives (passage texts)."""
+
+    query: str
+    positive: str
+    negatives: list[str] = field(default_factory=list)
+
+
+def passage_text(title: str | None, text: str) -> str:
+    """The "title text" form every model sees for a corpus document."""
+    return f"{title or ''} {text}".strip()
+
+
+def _negative_count(batch: Sequence[RetrievalExample]) -> int:
+    if not batch:
+        raise ValueError("empty batch")
+    counts = {len(example.negatives) for example in batch}
+    if len(counts) != 1:
+        raise ValueError(
+            f"every example in a batch needs the same number of negatives, got {sorted(counts)}"
+        )
+    return counts.pop()
+
+
+class RetrieverWarmupTask:
+    """DPR warm-up: InfoNCE over the positive, the example's negatives and every other passage
+    of the batch (in-batch), and of all DDP ranks when `cross_batch` (RocketQA cross-batch)."""
+
+    def __init__(self, retriever: DenseRetriever, cross_batch: bool = True) -> None:
+        self.retriever = retriever
+        self.cross_batch = cross_batch
+        self.loss_fn = InfoNCELoss(cross_batch=cross_batch)
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """The retriever (both towers when they are separate)."""
+        return {"retriever": self.retriever}
+
+    def loss(self, batch: list[RetrievalExample]) -> tuple[Tensor, dict[str, float]]:
+        """InfoNCE loss of this rank's share of the batch, plus diagnostics.
+
+        Metrics: `passages_in_logits` (columns of the logit matrix: world_size * local passages
+        with cross-batch negatives under DDP) and `in_batch_acc` (share of local queries whose
+        best-scoring local passage is their own positive).
+        """
+        n_neg = _negative_count(batch)
+        retriever = self.retriever
+        queries = retriever.tokenize_queries([example.query for example in batch])
+        passages = retriever.tokenize_passages(
+            [text for example in batch for text in (example.positive, *example.negatives)]
+        )
+        q = retriever.encode_queries(queries)
+        p = retriever.encode_passages(passages)
+        loss = self.loss_fn(q, p, 1.0 / retriever.config.temperature)
+        with torch.no_grad():
+            own = torch.arange(len(batch), device=q.device) * (1 + n_neg)
+            acc = (torch.argmax(q.float() @ p.float().T, dim=1) == own).float().mean()
+        metrics = {
+            "passages_in_logits": float(self.loss_fn.last_num_passages),
+            "in_batch_acc": float(acc),
+        }
+        return loss, metrics
+
+    def save(self, output_dir: Path) -> None:
+        """HF / sentence-transformers folder of the retriever."""
+        self.retriever.save_pretrained(output_dir)
+
+
+class RerankerWarmupTask:
+    """Listwise warm-up of the cross-encoder: softmax CE over [positive, negatives...] per query."""
+
+    def __init__(self, reranker: CrossEncoderReranker) -> None:
+        self.reranker = reranker
+        self.loss_fn = ListwiseCELoss()
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """The reranker."""
+        return {"reranker": self.reranker}
+
+    def loss(self, batch: list[RetrievalExample]) -> tuple[Tensor, dict[str, float]]:
+        """Listwise CE (positive at column 0) plus `list_acc` (positive ranked first) and
+        `loss_prior` (log list length: the loss of a reranker that has learnt nothing)."""
+        list_len = 1 + _negative_count(batch)
+        queries = [example.query for example in batch for _ in range(list_len)]
+        passages = [text for example in batch for text in (example.positive, *example.negatives)]
+        scores = self.reranker(self.reranker.tokenize(queries, passages)).view(len(batch), list_len)
+        loss = self.loss_fn(scores)
+        with torch.no_grad():
+            acc = (scores.argmax(dim=1) == 0).float().mean()
+        return loss, {"list_acc": float(acc), "loss_prior": math.log(list_len)}
+
+    def save(self, output_dir: Path) -> None:
+        """HF folder of the reranker (loads with sentence_transformers.CrossEncoder)."""
+        self.reranker.save_pretrained(output_dir)
+
+
+def _require_columns(df: pl.DataFrame, table: str, columns: Sequence[str]) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(
+            f"table '{table}': field '{missing[0]}': missing column (has {', '.join(df.columns)})"
+        )
+
+
+def build_retrieval_examples(
+    queries: pl.DataFrame,
+    corpus: pl.DataFrame,
+    qrels: pl.DataFrame,
+    negatives: pl.DataFrame,
+    n_negatives: int,
+    seed: int,
+    split: str = "train",
+    source: str | None = None,
+    rank_window: tuple[int, int] = (1, 100),
+) -> list[RetrievalExample]:
+    """One example per (query, positive doc) of `split` with relevance > 0, sorted by ids.
+
+    Negatives are drawn without replacement from the query's rows of `negatives` whose rank lies
+    in `rank_window` (inclusive) and, if given, whose source equals `source`; labelled positives
+    of the query (any split) are never negatives. When a query has fewer than `n_negatives`
+    such rows, the rest are random corpus documents (so every example has exactly
+    `n_negatives`, which the batched losses need). Deterministic for a given `seed`.
+    Passages are "title text".
+    """
+    if n_negatives < 0:
+        raise ValueError(f"n_negatives must be >= 0, got {n_negatives}")
+    lo, hi = rank_window
+    if lo > hi:
+        raise ValueError(f"rank_window {rank_window}: start is after end")
+    _require_columns(queries, "queries", ("query_id", "text"))
+    _require_columns(corpus, "corpus", ("doc_id", "text"))
+    _require_columns(qrels, "qrels", ("query_id", "doc_id", "relevance", "split"))
+    _require_columns(
+        negatives, "negatives", ("query_id", "doc_id", "rank") + (("source",) if source else ())
+    )
+
+    query_text = dict(zip(queries["query_id"].to_list(), queries["text"].to_list(), strict=True))
+    titles = corpus["title"].to_list() if "title" in corpus.columns else [""] * corpus.height
+    doc_ids = corpus["doc_id"].to_list()
+    doc_index = {doc_id: i for i, doc_id in enumerate(doc_ids)}
+    texts = [passage_text(t, x) for t, x in zip(titles, corpus["text"].to_list(), strict=True)]
+
+    relevant = qrels.with_row_index("row").filter(pl.col("relevance") > 0)
+    for table, column, known in (("qrels", "query_id", query_text), ("qrels", "doc_id", doc_index)):
+        bad = relevant.filter(~pl.col(column).is_in(list(known)))
+        if bad.height:
+            row = bad.row(0, named=True)
+            raise ValueError(
+                f"table '{table}' row {row['row']}: field '{column}': unknown id {row[column]!r}"
+            )
+    positives_of: dict[str, set[str]] = {}
+    for qid, did in relevant.select("query_id", "doc_id").iter_rows():
+        positives_of.setdefault(qid, set()).add(did)
+    pairs = (
+        relevant.filter(pl.col("split") == split)
+        .select("query_id", "doc_id").unique().sort("query_id", "doc_id").rows()
+    )
+
+    neg = negatives.filter(pl.col("rank").is_between(lo, hi))
+    if source is not None:
+        neg = neg.filter(pl.col("source") == source)
+    neg = neg.filter(pl.col("query_id").is_in([q for q, _ in pairs]))
+    unknown = neg.filter(~pl.col("doc_id").is_in(doc_ids))
+    if unknown.height:
+        raise ValueError(
+            f"table 'negatives': field 'doc_id': unknown id {unknown['doc_id'][0]!r} "
+            f"(query {unknown['query_id'][0]!r})"
+        )
+    neg = neg.group_by("query_id", "doc_id").agg(pl.col("rank").min()).sort("query_id", "rank")
+    pools: dict[str, list[str]] = {}
+    for qid, did, _rank in neg.iter_rows():
+        if did not in positives_of.get(qid, ()):
+            pools.setdefault(qid, []).append(did)
+
+    rng = np.random.default_rng(seed)
+    examples: list[RetrievalExample] = []
+    for qid, pos in pairs:
+        pool = pools.get(qid, [])
+        take = min(n_negatives, len(pool))
+        chosen = [pool[i] for i in rng.choice(len(pool), size=take, replace=False)] if take else []
+        if len(chosen) < n_negatives:
+            chosen += _random_docs(
+                rng, doc_ids, n_negatives - len(chosen), positives_of[qid] | set(chosen), qid
+            )
+        examples.append(
+            RetrievalExample(
+                query=query_text[qid],
+                positive=texts[doc_index[pos]],
+                negatives=[texts[doc_index[d]] for d in chosen],
+            )
+        )
+    return examples
+
+
+def _random_docs(
+    rng: np.random.Generator, doc_ids: list[str], count: int, exclude: set[str], qid: str
+) -> list[str]:
+    # every excluded id is a known corpus id (validated by the caller)
+    if len(doc_ids) - len(exclude) < count:
+        raise ValueError(
+            f"query {qid!r}: the corpus has too few documents to draw {count} random negatives"
+        )
+    picked: list[str] = []
+    taken = set(exclude)
+    while len(picked) < count:
+        doc = doc_ids[int(rng.integers(len(doc_ids)))]
+        if doc not in taken:
+            taken.add(doc)
+            picked.append(doc)
+    return picked

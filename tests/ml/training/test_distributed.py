@@ -1,0 +1,78 @@
+"""Two gloo ranks under torchrun: identical weights, cross-batch negatives, equal to one process."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer, BertModel
+
+from jrr_pipeline.ml.modeling import DenseRetriever
+from jrr_pipeline.ml.training import is_main_process, launch_torchrun, train, world_info
+
+from .ddp_worker import CONFIG, RETRIEVER, RecordingTask, examples
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="module")
+def no_dropout_model(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny BERT without dropout, so one process and two ranks compute the same function."""
+    out = tmp_path_factory.mktemp("tiny-bert-nodrop")
+    model = BertModel.from_pretrained(
+        tiny_model_dir, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model.save_pretrained(out, safe_serialization=True)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out)
+    return out
+
+
+def test_world_info_outside_torchrun() -> None:
+    assert world_info() == (0, 1)
+    assert is_main_process()
+
+
+def test_two_gloo_ranks(no_dropout_model, tmp_path) -> None:
+    out = tmp_path / "ddp"
+    out.mkdir()
+    env = {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}
+    launch_torchrun(2, "tests.ml.training.ddp_worker", [str(no_dropout_model), str(out)],
+                    env=env, cwd=REPO, timeout=240)
+    reports = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    weights = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    for key, value in weights[0].items():
+        assert torch.equal(value, weights[1][key]), key
+    for report in reports:
+        assert report["world"] == 2 and report["step"] == CONFIG.max_steps
+        assert len(report["seen"]) == CONFIG.max_steps
+        for seen in report["seen"]:
+            assert seen["local_queries"] == CONFIG.batch_size // 2
+            # cross-batch: both ranks' passages are in the logits (2 ranks x 4 queries x 3)
+            assert seen["passages_in_logits"] == 2 * (CONFIG.batch_size // 2) * 3
+    assert len(reports[0]["history"]) == CONFIG.max_steps and reports[1]["history"] == []
+    assert (out / "model" / "jrr_retriever.json").is_file()  # rank 0 wrote the output
+    assert any((out / "state").glob("step-*"))
+
+    # One process over the same global batches computes the same gradients (the gather's
+    # backward sums over ranks and DDP averages), so it must land on (nearly) the same weights.
+    torch.manual_seed(0)
+    single = RecordingTask(DenseRetriever.from_pretrained(str(no_dropout_model), RETRIEVER))
+    train(single, examples(), CONFIG, tmp_path / "single", progress=False)
+    assert all(s["passages_in_logits"] == CONFIG.batch_size * 3 for s in single.seen)
+    reference = single.retriever.state_dict()
+    initial = DenseRetriever.from_pretrained(str(no_dropout_model), RETRIEVER).state_dict()
+    moved = max(float((reference[k] - initial[k]).abs().max()) for k in reference)
+    diff = max(float((reference[k] - weights[0][k]).abs().max()) for k in reference)
+    assert moved > 1e-3
+    assert diff < 0.02 * moved, (diff, moved)  # Adam magnifies float noise on tiny grads
+
+
+def test_launch_torchrun_reports_failure(tmp_path) -> None:
+    env = {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    with pytest.raises(RuntimeError, match="torchrun exited with status"):
+        launch_torchrun(1, "tests.ml.training.no_such_module", [], env=env, cwd=REPO,
+                        timeout=120)
+    assert os.environ.get("WORLD_SIZE") is None
