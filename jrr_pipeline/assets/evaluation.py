@@ -8,8 +8,8 @@ from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataVa
 from pydantic import Field
 
 from jrr_pipeline.assets.common import dagster_tags
-from jrr_pipeline.presets import code_version, preset_config
 from jrr_pipeline.assets.dense import WARMUP_INDEX
+from jrr_pipeline.presets import code_version, preset_config
 from jrr_pipeline.resources import ArtifactStore, Compute, DatasetSource, MLflowTracking, Warehouse
 
 GROUP = "evaluation"

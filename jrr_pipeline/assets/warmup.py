@@ -6,7 +6,11 @@ from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataVa
 from pydantic import Field
 
 from jrr_pipeline.assets.common import dagster_tags
-from jrr_pipeline.assets.training_launch import launch_training, log_training_to_mlflow, state_dir_for
+from jrr_pipeline.assets.training_launch import (
+    launch_training,
+    log_training_to_mlflow,
+    state_dir_for,
+)
 from jrr_pipeline.presets import code_version, preset_config
 from jrr_pipeline.resources import ArtifactStore, Compute, DatasetSource, MLflowTracking, Warehouse
 
