@@ -22,7 +22,11 @@ def instance(jrr_env: Path):
         yield inst
 
 
-def test_full_graph_then_noop_then_one_stale_branch(beir_dir, jrr_env, instance, tmp_path):
+def test_full_graph_then_noop_then_one_stale_branch(beir_dir, jrr_env, instance, tmp_path,
+                                                     monkeypatch):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)  # nothing may be written to the current directory
     data = tmp_path / "toyset"
     data.mkdir()
     for f in beir_dir.rglob("*"):
@@ -67,6 +71,8 @@ def test_full_graph_then_noop_then_one_stale_branch(beir_dir, jrr_env, instance,
     assert run.data.metrics["bm25.nDCG_at_10"] == pytest.approx(bm25["nDCG@10"])
     assert run.data.tags["dagster.run_id"] == first.run_id
 
+    assert list(cwd.iterdir()) == []
+
     again = run_pipeline(str(data), preset="ci", echo=None, instance=instance)
     assert again.success and again.materialized == []
     assert set(again.fresh) == ALL_ASSETS
@@ -82,20 +88,70 @@ def test_full_graph_then_noop_then_one_stale_branch(beir_dir, jrr_env, instance,
     assert set(third.materialized) == ALL_ASSETS - {"bm25_index"}
 
 
-def test_bad_input_fails_and_keeps_previous_tables(beir_dir, jrr_env, instance, tmp_path):
+def _break_corpus_json(d: Path) -> None:
+    lines = (d / "corpus.jsonl").read_text().splitlines()
+    lines[6] = lines[6][:-1]
+    (d / "corpus.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def _drop_text_field(d: Path) -> None:
+    lines = (d / "corpus.jsonl").read_text().splitlines()
+    row = json.loads(lines[6])
+    del row["text"]
+    lines[6] = json.dumps(row)
+    (d / "corpus.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def _duplicate_query(d: Path) -> None:
+    lines = (d / "queries.jsonl").read_text().splitlines()
+    (d / "queries.jsonl").write_text("\n".join(lines + [lines[2]]) + "\n")
+
+
+def _unknown_doc(d: Path) -> None:
+    with open(d / "qrels" / "test.tsv", "a") as fh:
+        fh.write("q0_2\tno_such_doc\t1\n")
+
+
+def _latin1_byte(d: Path) -> None:
+    data = (d / "corpus.jsonl").read_bytes().splitlines(keepends=True)
+    data[6] = data[6].replace(b"report", b"r\xe9port", 1)
+    (d / "corpus.jsonl").write_bytes(b"".join(data))
+
+
+def _empty_queries(d: Path) -> None:
+    (d / "queries.jsonl").write_text("")
+
+
+@pytest.mark.parametrize(("damage", "expected"), [
+    (_break_corpus_json, "corpus.jsonl:7"),
+    (_drop_text_field, "corpus.jsonl:7: field 'text'"),
+    (_duplicate_query, "queries.jsonl:61"),
+    (_unknown_doc, "test.tsv:22"),
+    (_latin1_byte, "corpus.jsonl:7"),
+    (_empty_queries, "queries.jsonl"),
+])
+def test_bad_input_fails_and_keeps_previous_tables(beir_dir, jrr_env, instance, tmp_path, damage,
+                                                   expected):
     good = run_pipeline(str(beir_dir), preset="ci", select="corpus", echo=None, instance=instance)
     assert good.success
     bad = tmp_path / "toyset"
-    bad.mkdir()
-    (bad / "qrels").mkdir()
-    (bad / "qrels" / "test.tsv").write_text((beir_dir / "qrels" / "test.tsv").read_text())
-    (bad / "queries.jsonl").write_text((beir_dir / "queries.jsonl").read_text())
-    corpus = (beir_dir / "corpus.jsonl").read_text().splitlines()
-    corpus[6] = corpus[6][:-1]  # break the JSON of line 7
-    (bad / "corpus.jsonl").write_text("\n".join(corpus) + "\n")
+    for f in beir_dir.rglob("*"):
+        if f.is_file():
+            (bad / f.relative_to(beir_dir)).parent.mkdir(parents=True, exist_ok=True)
+            (bad / f.relative_to(beir_dir)).write_bytes(f.read_bytes())
+    damage(bad)
     outcome = run_pipeline(str(bad), preset="ci", select="corpus", echo=None, instance=instance)
     assert not outcome.success
-    assert "corpus.jsonl:7" in outcome.failure
+    assert "DataFormatError" in outcome.failure and expected in outcome.failure, outcome.failure
     con = duckdb.connect(str(jrr_env / "warehouse.duckdb"), read_only=True)
-    assert con.execute("select count(*) from corpus").fetchone()[0] == 80
+    counts = [con.execute(f"select count(*) from {t}").fetchone()[0]
+              for t in ("corpus", "queries", "qrels")]
     con.close()
+    assert counts == [80, 60, 60]
+
+
+def test_cli_rejects_missing_directory(jrr_env, tmp_path, capsys):
+    from jrr_pipeline.cli import main
+
+    assert main(["run", str(tmp_path / "nowhere"), "--preset", "ci"]) == 2
+    assert "nowhere: no such dataset directory" in capsys.readouterr().err
