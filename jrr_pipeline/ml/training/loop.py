@@ -152,6 +152,8 @@ def train(
     there every `config.checkpoint_every` steps and at the end. Under torchrun (WORLD_SIZE > 1) a
     process group is created if needed (nccl on CUDA, gloo on CPU), the modules are wrapped in DDP
     and each global batch of `config.batch_size` examples is split evenly across ranks.
+    The global python/numpy/torch RNGs are reseeded with `config.seed + rank` at the start (seed
+    before building the task's models if their initialisation must be reproducible too).
     `stop_after_steps` is a test hook: return (completed=False, nothing saved beyond the periodic
     checkpoints) once that many steps are done in total, as if the process had been killed.
     """

@@ -1,8 +1,9 @@
 """torchrun worker for the 2-process DDP test: trains the retriever warm-up on the tiny BERT.
 
-    python -m torch.distributed.run --nproc_per_node=2 -m tests.ml.training.ddp_worker MODEL OUT
+    python -m torch.distributed.run --nproc_per_node=2 -m tests.ml.training.ddp_worker MODEL OUT [STOP]
 
-Each rank writes OUT/rank<r>.pt (its final weights) and OUT/rank<r>.json (what it saw).
+With STOP the run stops after that many steps (test hook, as if killed); run again to resume
+from OUT/state. Each rank writes OUT/rank<r>.pt (its weights) and OUT/rank<r>.json (what it saw).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from jrr_pipeline.ml.modeling import DenseRetriever, RetrieverConfig
 from jrr_pipeline.ml.training import TrainConfig, train, world_info
 from jrr_pipeline.ml.training.warmup import RetrievalExample, RetrieverWarmupTask
 
-CONFIG = TrainConfig(max_steps=3, batch_size=8, lr=1e-3, warmup_ratio=0.0, seed=5, log_every=1)
+CONFIG = TrainConfig(max_steps=3, batch_size=8, lr=1e-3, warmup_ratio=0.0, seed=5, log_every=1,
+                     checkpoint_every=1)
 RETRIEVER = RetrieverConfig(query_max_length=8, passage_max_length=16)
 WORDS = ["apple", "river", "music", "window", "garden", "doctor", "planet", "winter",
          "coffee", "bridge", "forest", "camera", "yellow", "engine", "silver", "market"]
@@ -47,13 +49,15 @@ class RecordingTask(RetrieverWarmupTask):
 def main() -> None:
     torch.set_num_threads(1)
     model_dir, out = sys.argv[1], Path(sys.argv[2])
+    stop = int(sys.argv[3]) if len(sys.argv) > 3 else None
     task = RecordingTask(DenseRetriever.from_pretrained(model_dir, RETRIEVER))
     result = train(task, examples(), CONFIG, out / "model", state_dir=out / "state",
-                   progress=False)
+                   progress=False, stop_after_steps=stop)
     rank, world = world_info()
     torch.save(task.retriever.state_dict(), out / f"rank{rank}.pt")
     (out / f"rank{rank}.json").write_text(json.dumps({
-        "world": world, "seen": task.seen, "step": result.step,
+        "world": world, "seen": task.seen, "step": result.step, "completed": result.completed,
+        "resumed_from_step": result.resumed_from_step,
         "history": [[s, m] for s, m in result.history],
     }))
 

@@ -1,4 +1,5 @@
-"""Two gloo ranks under torchrun: identical weights, cross-batch negatives, equal to one process."""
+"""Two gloo ranks under torchrun: identical weights, cross-batch negatives, resume, and the
+same result as one process over the same global batches."""
 
 from __future__ import annotations
 
@@ -39,20 +40,27 @@ def test_two_gloo_ranks(no_dropout_model, tmp_path) -> None:
     out.mkdir()
     env = {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}
-    launch_torchrun(2, "tests.ml.training.ddp_worker", [str(no_dropout_model), str(out)],
-                    env=env, cwd=REPO, timeout=240)
+    args = [str(no_dropout_model), str(out)]
+    # first launch stops after 2 of 3 steps (as if killed), the second resumes from the state
+    launch_torchrun(2, "tests.ml.training.ddp_worker", [*args, "2"], env=env, cwd=REPO,
+                    timeout=240)
+    first = json.loads((out / "rank1.json").read_text())
+    assert not first["completed"] and first["step"] == 2 and not (out / "model").exists()
+    launch_torchrun(2, "tests.ml.training.ddp_worker", args, env=env, cwd=REPO, timeout=240)
     reports = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
     weights = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
     for key, value in weights[0].items():
         assert torch.equal(value, weights[1][key]), key
-    for report in reports:
-        assert report["world"] == 2 and report["step"] == CONFIG.max_steps
-        assert len(report["seen"]) == CONFIG.max_steps
+    for report in [first, *reports]:
+        assert report["world"] == 2
         for seen in report["seen"]:
             assert seen["local_queries"] == CONFIG.batch_size // 2
             # cross-batch: both ranks' passages are in the logits (2 ranks x 4 queries x 3)
             assert seen["passages_in_logits"] == 2 * (CONFIG.batch_size // 2) * 3
-    assert len(reports[0]["history"]) == CONFIG.max_steps and reports[1]["history"] == []
+    for report in reports:
+        assert report["completed"] and report["resumed_from_step"] == 2
+        assert report["step"] == CONFIG.max_steps and len(report["seen"]) == 1
+    assert len(reports[0]["history"]) == 1 and reports[1]["history"] == []
     assert (out / "model" / "jrr_retriever.json").is_file()  # rank 0 wrote the output
     assert any((out / "state").glob("step-*"))
 

@@ -3,6 +3,7 @@ epoch/step accounting, bf16 autocast and the atomic final save."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -166,3 +167,18 @@ def test_bad_inputs(tmp_path) -> None:
         TrainConfig.from_dict({"lr": "fast"}, "cfg.json")
     with pytest.raises(ValueError, match="field 'epoch'"):
         TrainConfig.from_dict({"epoch": 2}, "cfg.json")
+    with pytest.raises(ValueError, match="cfg.json: field 'bf16'"):
+        TrainConfig.from_dict({"bf16": "maybe"}, "cfg.json")
+    assert TrainConfig.from_dict({"max_steps": None, "lr": 1}, "cfg.json").lr == 1
+
+
+def test_every_config_field_has_a_default_and_help() -> None:
+    fields = dataclasses.fields(TrainConfig)
+    assert {f.name for f in fields} >= {
+        "epochs", "max_steps", "batch_size", "lr", "weight_decay", "warmup_ratio",
+        "max_grad_norm", "bf16", "gradient_checkpointing", "seed", "checkpoint_every",
+        "log_every", "num_workers"}
+    for f in fields:
+        assert f.default is not dataclasses.MISSING, f.name
+        assert f.metadata.get("help"), f.name
+    assert TrainConfig.from_dict(TrainConfig().to_dict()) == TrainConfig()
