@@ -27,7 +27,8 @@ class InfoNCELoss(nn.Module):
     """Softmax cross-entropy of each query over all passages in the (global) batch.
 
     After each call ``last_num_passages`` holds the number of passages in the logits
-    (``world_size * B * (1 + n)`` with cross-batch negatives under DDP).
+    (``world_size * B * (1 + n)`` with cross-batch negatives under DDP). Under DDP every rank
+    must pass tensors of the same shape (equal shards, e.g. drop the last partial batch).
     """
 
     def __init__(self, cross_batch: bool = True) -> None:
