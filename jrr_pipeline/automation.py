@@ -10,7 +10,7 @@
   of these instigators started, this sensor asks for the stale assets again, until none are left
   (the daemon drops a stale-only request that resolves to nothing).
 
-Every instigator waits while a run of the job is in progress: two runs would contend for the DuckDB
+Every instigator waits while a run (of any job) is in progress: two runs would contend for the DuckDB
 file. Runs it starts carry ``jrr/automation=true`` and ``jrr/trigger=<instigator name>``.
 """
 
@@ -88,9 +88,9 @@ def _retrain_schedule(job_name: str, preset: str) -> ScheduleDefinition:
         description=f"Retrain on '{cron}': observe the dataset, then materialize stale or missing assets",
     )
     def retrain_schedule(context: ScheduleEvaluationContext, dataset: DatasetSource):
-        busy = _active_run(context.instance, job_name)
+        busy = _active_run(context.instance)
         if busy:
-            return SkipReason(f"run {busy} of {job_name} is still in progress")
+            return SkipReason(f"run {busy} is still in progress")
         version = dataset_version(dataset.content_hashes())
         observed = _latest_observed_version(context.instance)
         if observed != version:
@@ -122,9 +122,9 @@ def _dataset_sensor(job_name: str, preset: str) -> SensorDefinition:
         current = dataset.content_hashes()
         if previous is not None and current == previous:
             return SkipReason(f"{len(current)} dataset files unchanged")
-        busy = _active_run(context.instance, job_name)
+        busy = _active_run(context.instance)
         if busy:  # keep the old cursor: the change is seen again on the next tick
-            return SkipReason(f"dataset changed, but run {busy} of {job_name} is still in progress")
+            return SkipReason(f"dataset changed, but run {busy} is still in progress")
         diff = diff_hashes(previous or {}, current)
         version = dataset_version(current)
         changes += 1
@@ -159,9 +159,9 @@ def _followup_sensor(job_name: str, preset: str) -> SensorDefinition:
         ),
     )
     def stale_followup_sensor(context: SensorEvaluationContext):
-        busy = _active_run(context.instance, job_name)
+        busy = _active_run(context.instance)
         if busy:
-            return SkipReason(f"run {busy} of {job_name} is still in progress")
+            return SkipReason(f"run {busy} is still in progress")
         finished = context.instance.get_runs(
             filters=RunsFilter(job_name=job_name, statuses=[DagsterRunStatus.SUCCESS],
                                tags={AUTOMATION_TAG: "true"}),
@@ -226,9 +226,13 @@ def _latest_observed_version(instance: DagsterInstance) -> str | None:
     return observation.tags.get(DATA_VERSION_TAG) if observation and observation.tags else None
 
 
-def _active_run(instance: DagsterInstance, job_name: str) -> str | None:
-    """The id of a queued or running run of ``job_name``, if any."""
-    runs = instance.get_runs(filters=RunsFilter(job_name=job_name, statuses=ACTIVE), limit=1)
+def _active_run(instance: DagsterInstance) -> str | None:
+    """The id of a queued or running run, if any.
+
+    Any job counts, not only ours: "Materialize all" in the UI launches Dagster's implicit asset job,
+    which writes the same DuckDB file.
+    """
+    runs = instance.get_runs(filters=RunsFilter(statuses=ACTIVE), limit=1)
     return runs[0].run_id if runs else None
 
 

@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     report = sub.add_parser("report", help="print the latest evaluation table")
     report.add_argument("--dataset", default=None, help="dataset name (default: the latest report)")
     report.add_argument("--json", action="store_true", help="print the raw evaluation.json")
+    report.add_argument("--history", action="store_true",
+                        help="every stored evaluation of --measure over time, plotted to a PNG")
+    report.add_argument("--measure", default="nDCG@10", help="measure for --history")
 
     args = parser.parse_args(argv)
     configure_environment()
@@ -69,12 +72,28 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    if args.history:
+        return cmd_history(args)
     path = latest_report(args.dataset)
     data = json.loads(path.read_text())
     if args.json:
         print(json.dumps(data, indent=2))
     else:
         print(f"{path}\n{_table(data)}")
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from jrr_pipeline.history import metric_history, plot_history
+    from jrr_pipeline.resources import Warehouse
+
+    frame = metric_history(Warehouse(), args.dataset, args.measure)
+    if frame.height == 0:
+        raise FileNotFoundError(f"no stored {args.measure} evaluations yet; run `jrr run DATA_DIR`")
+    with_time = frame.select("created_at", "dataset", "system", "value", "run_id")
+    print(with_time)
+    out = jrr_home() / "reports" / f"history_{args.measure.replace('@', '_at_')}.png"
+    print(f"plot: {plot_history(frame, out, args.measure)}")
     return 0
 
 

@@ -12,6 +12,7 @@ from dagster import (
 )
 
 from jrr_pipeline.assets import ASSET_CHECKS, build_assets
+from jrr_pipeline.automation import build_automation
 from jrr_pipeline.presets import check_preset
 from jrr_pipeline.resources import ArtifactStore, Compute, DatasetSource, MLflowTracking, Warehouse
 
@@ -39,10 +40,13 @@ def build_definitions(preset: str | None = None, data_dir: str | None = None) ->
         description=f"Every stage, data to report ({preset} preset defaults)",
         tags={"jrr/preset": preset},
     )
+    schedules, sensors = build_automation(PIPELINE_JOB, preset)
     return Definitions(
         assets=assets,
         asset_checks=ASSET_CHECKS,
         jobs=[pipeline],
+        schedules=schedules,
+        sensors=sensors,
         resources=build_resources(data_dir),
         # torch is heavy and the default machine has 2 cores: run steps in one process.
         executor=in_process_executor,

@@ -73,6 +73,11 @@ def test_full_graph_then_noop_then_one_stale_branch(beir_dir, jrr_env, instance,
 
     assert list(cwd.iterdir()) == []
 
+    from jrr_pipeline.cli import main
+
+    assert main(["report", "--history"]) == 0
+    assert (jrr_env / "reports" / "history_nDCG_at_10.png").stat().st_size > 5000
+
     again = run_pipeline(str(data), preset="ci", echo=None, instance=instance)
     assert again.success and again.materialized == []
     assert set(again.fresh) == ALL_ASSETS
