@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -21,7 +22,9 @@ CHROMIUM_FLAGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
-DOCS = Path(__file__).resolve().parents[2] / "docs"
+# Screenshots go to $JRR_SCREENSHOT_DIR when set (`JRR_SCREENSHOT_DIR=docs make test` refreshes the
+# README's pictures); otherwise to a temp dir, so a test run never edits tracked files.
+DOCS = Path(os.environ.get("JRR_SCREENSHOT_DIR") or tempfile.mkdtemp(prefix="jrr-screens-"))
 
 
 def free_port() -> int:
@@ -105,7 +108,7 @@ def chromium_page(user_data_dir: Path, width: int = 1600, height: int = 1000):
 
 
 def save_screenshot(page, name: str, full_page: bool = False) -> Path:
-    """Screenshot into docs/ (the README shows them), written to a temp file then renamed."""
+    """Screenshot into DOCS, written to a temp file then renamed."""
     DOCS.mkdir(exist_ok=True)
     final = DOCS / name
     tmp = DOCS / f".{name}.tmp.png"
