@@ -1,16 +1,18 @@
-# jrr-pipeline: make install | run | test | bench | ui | lint
+# jrr-pipeline: make install | run | test | bench | ui | mlflow | lint
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DATA ?= ../shared/datasets/scifact
 PRESET ?= cpu
+UI_PORT ?= 3000
+MLFLOW_PORT ?= 5000
 JRR_HOME ?= $(CURDIR)/.jrr
 export JRR_HOME
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export DAGSTER_DISABLE_TELEMETRY := 1
 
-.PHONY: install run test bench ui lint clean
+.PHONY: install run test bench ui mlflow lint clean
 
 install: $(VENV)/.installed
 
@@ -31,9 +33,12 @@ bench: install
 	$(BIN)/python bench/bm25_scifact.py --data $(DATA)
 
 ui: install
-	DAGSTER_HOME=$$($(BIN)/python -c "from jrr_pipeline.paths import dagster_home; print(dagster_home())") \
-	JRR_DATA_DIR=$(abspath $(DATA)) JRR_PRESET=$(PRESET) \
-	$(BIN)/dagster dev -h 127.0.0.1 -p 3000 -m jrr_pipeline.definitions
+	exec $(BIN)/jrr ui $(DATA) --preset $(PRESET) --port $(UI_PORT)
+
+# MLflow server on the project's store (the same sqlite file and artifact folder the pipeline
+# writes); point runs at it with MLFLOW_TRACKING_URI=http://127.0.0.1:$(MLFLOW_PORT).
+mlflow: install
+	exec $(BIN)/jrr mlflow --port $(MLFLOW_PORT)
 
 lint: install
 	$(BIN)/ruff check .

@@ -41,8 +41,8 @@ from dagster import (
 from dagster._core.definitions.data_version import DATA_VERSION_TAG  # "dagster/data_version"
 from dagster._utils.schedules import is_valid_cron_string
 
-from jrr_pipeline.assets.data import _digest as dataset_version  # the dataset_files data version
 from jrr_pipeline.resources import DatasetSource
+from jrr_pipeline.resources.dataset import files_digest as dataset_version
 
 RETRAIN_SCHEDULE = "retrain_schedule"
 DATASET_SENSOR = "dataset_change_sensor"

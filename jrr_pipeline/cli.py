@@ -8,8 +8,9 @@ import sys
 import time
 from pathlib import Path
 
+from jrr_pipeline.locks import ResourceBusyError
 from jrr_pipeline.paths import configure_environment, jrr_home
-from jrr_pipeline.presets import PRESET_NAMES
+from jrr_pipeline.presets import PRESET_NAMES, load_settings, merge_settings, parse_assignments
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
                      help="materialize every selected asset, stale or not")
     run.add_argument("--name", default="", help="dataset name (default: the directory's name)")
     run.add_argument("--quiet", action="store_true", help="only print the summary")
+    run.add_argument("--set", action="append", default=[], metavar="ASSET.FIELD=VALUE",
+                     help="override one setting (repeatable), e.g. warmup_reranker.lr=3e-5; "
+                          "applied over $JRR_SETTINGS (a TOML file) and the preset")
 
     report = sub.add_parser("report", help="print the latest evaluation table")
     report.add_argument("--dataset", default=None, help="dataset name (default: the latest report)")
@@ -34,13 +38,32 @@ def main(argv: list[str] | None = None) -> int:
                         help="every stored evaluation of --measure over time, plotted to a PNG")
     report.add_argument("--measure", default="nDCG@10", help="measure for --history")
 
+    lineage = sub.add_parser("lineage", help="registered model -> training run -> inputs -> data files")
+    lineage.add_argument("model", help="MODEL_NAME[:VERSION], e.g. jrr-scifact-warmup_retriever:2")
+    lineage.add_argument("--tracking-uri", default="",
+                         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the embedded store)")
+
+    ui = sub.add_parser("ui", help="Dagster webserver + daemon on 127.0.0.1 (Ctrl-C stops both)")
+    ui.add_argument("data_dir", help="dataset directory the code location materializes")
+    ui.add_argument("--preset", choices=PRESET_NAMES, default="cpu", help="config defaults (default: cpu)")
+    ui.add_argument("--port", type=int, default=3000, help="port (default 3000)")
+
+    server = sub.add_parser("mlflow", help="MLflow server on 127.0.0.1 over the project's store")
+    server.add_argument("--port", type=int, default=5000, help="port (default 5000)")
+
     args = parser.parse_args(argv)
     configure_environment()
     try:
         if args.command == "run":
             return cmd_run(args)
+        if args.command == "lineage":
+            return cmd_lineage(args)
+        if args.command == "ui":
+            return cmd_ui(args)
+        if args.command == "mlflow":
+            return cmd_mlflow(args)
         return cmd_report(args)
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, ResourceBusyError) as err:
         print(f"jrr: error: {err}", file=sys.stderr)
         return 2
 
@@ -52,9 +75,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not data_dir.is_dir():
         raise FileNotFoundError(f"{data_dir}: no such dataset directory")
     started = time.perf_counter()
+    settings = merge_settings(load_settings(), parse_assignments(args.set))
     outcome = run_pipeline(str(data_dir), preset=args.preset, select=args.select,
                            stale_only=args.stale_only, dataset_name=args.name,
-                           echo=None if args.quiet else print)
+                           echo=None if args.quiet else print, settings=settings)
     seconds = time.perf_counter() - started
     if not outcome.success:
         print(f"jrr: run {outcome.run_id} failed after {seconds:.1f}s: {outcome.failure}", file=sys.stderr)
@@ -68,6 +92,39 @@ def cmd_run(args: argparse.Namespace) -> int:
     if report and report.exists():
         print(f"report: {report}")
         print(_table(json.loads(report.read_text())))
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from jrr_pipeline.servers import serve, ui_command, ui_environment
+
+    if not Path(args.data_dir).expanduser().is_dir():
+        raise FileNotFoundError(f"{args.data_dir}: no such dataset directory")
+    print(f"Dagster UI on http://127.0.0.1:{args.port} (instance {ui_environment(args.data_dir, args.preset)['DAGSTER_HOME']})")
+    return serve(ui_command(args.port), ui_environment(args.data_dir, args.preset))
+
+
+def cmd_mlflow(args: argparse.Namespace) -> int:
+    from jrr_pipeline.servers import mlflow_server_command, serve
+
+    print(f"MLflow on http://127.0.0.1:{args.port}; log to it with "
+          f"MLFLOW_TRACKING_URI=http://127.0.0.1:{args.port}")
+    return serve(mlflow_server_command(args.port))
+
+
+def cmd_lineage(args: argparse.Namespace) -> int:
+    import os
+
+    from dagster import DagsterInstance
+
+    from jrr_pipeline.lineage import model_lineage
+    from jrr_pipeline.resources import MLflowTracking
+
+    uri = args.tracking_uri or MLflowTracking(
+        tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", "")).resolved_uri()
+    with DagsterInstance.get() as instance:
+        tree = model_lineage(args.model, uri, instance)
+    print("\n".join(tree.render()))
     return 0
 
 

@@ -5,12 +5,19 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-DAGSTER_YAML = """\
+MARKER = "# written by jrr-pipeline; delete this line to keep your own edits\n"
+DAGSTER_YAML = MARKER + """\
 telemetry:
   enabled: false
 storage:
   sqlite:
     base_dir: {base}
+# Pools jrr_device (training, encoding, reranking) and jrr_warehouse (DuckDB writers) take one step
+# at a time across all runs of this instance; file locks (jrr_pipeline/locks.py) back them up.
+concurrency:
+  pools:
+    default_limit: 1
+    granularity: op
 """
 
 
@@ -26,9 +33,11 @@ def dagster_home() -> Path:
     path = Path(os.environ.get("DAGSTER_HOME") or jrr_home() / "dagster").expanduser().resolve()
     path.mkdir(parents=True, exist_ok=True)
     config = path / "dagster.yaml"
-    if not config.exists():
+    wanted = DAGSTER_YAML.format(base=path / "storage")
+    current = config.read_text() if config.exists() else None
+    if current is None or (current.startswith(MARKER) and current != wanted):
         tmp = config.with_suffix(".yaml.tmp")
-        tmp.write_text(DAGSTER_YAML.format(base=path / "storage"))
+        tmp.write_text(wanted)
         os.replace(tmp, config)
     return path
 

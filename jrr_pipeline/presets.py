@@ -12,7 +12,13 @@ import hashlib
 import importlib
 import inspect
 import json
+import os
+import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import pydantic
@@ -37,9 +43,80 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                              "passage_max_length": 256, "lr": 3e-5},
         "warmup_reranker": {"epochs": 2, "batch_size": 16, "n_negatives": 15, "max_length": 320},
         "dense_negatives": {"batch_size": 256},
-        "evaluation_report": {"rerank_batch_size": 256},
+        "evaluation_report": {"rerank_depth": 100, "rerank_batch_size": 256},
     },
 }
+
+
+# (settings, names of the assets that asked for their config while they were applied)
+_active_settings: ContextVar[tuple[dict[str, dict[str, Any]], set[str]] | None] = ContextVar(
+    "jrr_settings", default=None)
+
+
+@contextmanager
+def settings_applied(settings: dict[str, dict[str, Any]] | None) -> Iterator[None]:
+    """Apply user settings (asset -> field -> value) on top of the preset while assets are built.
+
+    Settings become the Config defaults and so part of each asset's code version: changing one
+    reranker setting marks exactly ``warmup_reranker`` and what lies downstream of it stale.
+    """
+    settings = dict(settings or {})
+    configured: set[str] = set()
+    token = _active_settings.set((settings, configured))
+    try:
+        yield
+    finally:
+        _active_settings.reset(token)
+    unknown = set(settings) - configured
+    if unknown:
+        raise ValueError(f"settings: unknown asset {', '.join(sorted(unknown))}; configurable: "
+                         f"{', '.join(sorted(configured))}")
+
+
+def load_settings(path: str | Path | None = None) -> dict[str, dict[str, Any]]:
+    """Settings from a TOML file (``$JRR_SETTINGS`` when no path is given), one table per asset::
+
+        [warmup_reranker]
+        lr = 3e-5
+    """
+    path = path or os.environ.get("JRR_SETTINGS", "")
+    if not path:
+        return {}
+    path = Path(path).expanduser()
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: settings file not found (JRR_SETTINGS)") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{path}: {err}") from None
+    for asset, values in data.items():
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: {asset!r} must be a table [{asset}] of field = value")
+    return data
+
+
+def parse_assignments(items: list[str]) -> dict[str, dict[str, Any]]:
+    """``['warmup_reranker.lr=3e-5']`` -> ``{'warmup_reranker': {'lr': 3e-05}}`` (JSON values, else text)."""
+    settings: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        asset, dot, name = key.strip().partition(".")
+        if not (sep and dot and asset and name):
+            raise ValueError(f"--set {item!r}: expected ASSET.FIELD=VALUE, e.g. warmup_reranker.lr=3e-5")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        settings.setdefault(asset, {})[name] = value
+    return settings
+
+
+def merge_settings(*layers: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    merged: dict[str, dict[str, Any]] = {}
+    for layer in layers:
+        for asset, values in layer.items():
+            merged.setdefault(asset, {}).update(values)
+    return merged
 
 
 def check_preset(name: str) -> str:
@@ -50,15 +127,24 @@ def check_preset(name: str) -> str:
 
 def preset_config(cls: type[Config], asset: str, preset: str) -> type[Config]:
     """``cls`` with the preset's defaults for ``asset`` (a subclass; same fields and help texts)."""
-    values = PRESETS[check_preset(preset)].get(asset, {})
+    active = _active_settings.get()
+    user = {}
+    if active is not None:
+        active[1].add(asset)
+        user = active[0].get(asset, {})
+    values = {**PRESETS[check_preset(preset)].get(asset, {}), **user}
     if not values:
         return cls
     unknown = set(values) - set(cls.model_fields)
     if unknown:
-        raise ValueError(f"preset {preset!r} sets unknown fields of {asset}: {sorted(unknown)}")
+        raise ValueError(f"preset {preset!r} or settings set unknown fields of {asset}: {sorted(unknown)}")
     fields: dict[str, Any] = {}
     for key, value in values.items():
         info = cls.model_fields[key]
+        try:
+            value = pydantic.TypeAdapter(info.annotation).validate_python(value)
+        except pydantic.ValidationError as err:
+            raise ValueError(f"{asset}.{key} = {value!r}: {err.errors()[0]['msg']}") from None
         fields[key] = (info.annotation, pydantic.Field(default=value, description=info.description))
     return pydantic.create_model(cls.__name__, __base__=cls, **fields)
 

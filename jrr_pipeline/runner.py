@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from jrr_pipeline.pipeline import PIPELINE_JOB, build_definitions
 from jrr_pipeline.staleness import stale_or_missing
+
+PID_TAG = "jrr/pid"
+HOST_TAG = "jrr/host"
 
 
 @dataclass
@@ -30,22 +36,45 @@ def run_pipeline(
     run_config: dict | None = None,
     echo: Callable[[str], None] | None = print,
     instance=None,
+    settings: dict | None = None,
 ) -> RunOutcome:
     """Observe the dataset files, then materialize the selected assets that are stale or missing."""
-    from dagster import AssetKey, AssetSelection, DagsterInstance
+    from dagster import DagsterInstance
+
+    instance = instance or DagsterInstance.get()
+    # Definitions look up Dagster's process-wide "current defs-state storage"; an instance that a
+    # caller (a test, a sensor context) entered and already closed may still be registered there,
+    # so bind the storage of the instance this run uses for the whole call.
+    with _defs_state_storage_of(instance):
+        return _run_pipeline(data_dir, preset, select, stale_only, dataset_name, run_config, echo,
+                             instance, settings)
+
+
+def _defs_state_storage_of(instance):
+    try:
+        from dagster._core.storage.defs_state.base import set_defs_state_storage
+    except ImportError:  # a Dagster without defs-state storage: nothing to bind
+        return contextlib.nullcontext()
+    return set_defs_state_storage(getattr(instance, "defs_state_storage", None))
+
+
+def _run_pipeline(data_dir, preset, select, stale_only, dataset_name, run_config, echo,
+                  instance, settings) -> RunOutcome:
+    from dagster import AssetKey, AssetSelection
     from dagster._core.definitions.observe import observe  # not re-exported by dagster 1.13
 
     from jrr_pipeline.assets.data import dataset_files
     from jrr_pipeline.pipeline import build_resources
 
     say = echo or (lambda _msg: None)
-    defs = build_definitions(preset, data_dir)
+    defs = build_definitions(preset, data_dir, settings)
     resources = build_resources(data_dir, dataset_name)
-    instance = instance or DagsterInstance.get()
     outcome = RunOutcome()
 
     config = dict(run_config or {})
     config.setdefault("loggers", {"console": {"config": {"log_level": "INFO" if echo else "ERROR"}}})
+    for run_id in reap_dead_cli_runs(instance):
+        say(f"run {run_id} was killed without finishing: marked failed, its pool slots freed")
     say(f"observing {data_dir} ...")
     observe([dataset_files], instance=instance, resources={"dataset": resources["dataset"]},
             run_config={"loggers": config["loggers"]})
@@ -77,7 +106,8 @@ def run_pipeline(
             instance=instance,
             asset_selection=sorted(todo, key=AssetKey.to_user_string),
             run_config=config,
-            tags={"jrr/preset": preset, "jrr/dataset": dataset, "jrr/source": "cli"},
+            tags={"jrr/preset": preset, "jrr/dataset": dataset, "jrr/source": "cli",
+                  PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()},
             raise_on_error=False,
         )
         outcome.run_id = result.run_id
@@ -95,6 +125,36 @@ def run_pipeline(
     outcome.materialized = sorted(k.to_user_string() for k in done)
     outcome.fresh = sorted(k.to_user_string() for k in selected - done)
     return outcome
+
+
+def reap_dead_cli_runs(instance) -> list[str]:
+    """Fail the ``jrr run`` runs of this host whose process is gone (SIGKILL, OOM, power loss).
+
+    Such a run stays STARTED in the instance and keeps its concurrency-pool slots, which would make
+    every later run wait on pools ``jrr_device`` / ``jrr_warehouse`` forever.
+    """
+    from dagster import DagsterRunStatus, RunsFilter
+
+    reaped = []
+    live = [DagsterRunStatus.STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.CANCELING]
+    for run in instance.get_runs(RunsFilter(statuses=live, tags={"jrr/source": "cli"})):
+        pid, host = run.tags.get(PID_TAG), run.tags.get(HOST_TAG)
+        if not pid or host != socket.gethostname() or _alive(int(pid)):
+            continue
+        instance.report_run_failed(run, f"process {pid} ended without finishing the run")
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        reaped.append(run.run_id)
+    return reaped
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _failure_message(result) -> str:

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import duckdb
 import pytest
-from dagster import instance_for_test
+from dagster import AssetKey, instance_for_test
+from dagster._core.definitions.data_version import extract_data_version_from_entry
 
+from jrr_pipeline.lineage import model_lineage
+from jrr_pipeline.pipeline import build_definitions
 from jrr_pipeline.runner import run_pipeline
+from jrr_pipeline.staleness import stale_or_missing
 
 ALL_ASSETS = {"corpus", "queries", "qrels", "bm25_index", "bm25_negatives", "warmup_retriever",
               "warmup_reranker", "dense_negatives", "evaluation_report"}
+RERANKER_DOWNSTREAM = {"warmup_reranker", "evaluation_report"}
 
 
 @pytest.fixture
@@ -23,7 +29,7 @@ def instance(jrr_env: Path):
 
 
 def test_full_graph_then_noop_then_one_stale_branch(beir_dir, jrr_env, instance, tmp_path,
-                                                     monkeypatch):
+                                                     monkeypatch, capsys):
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)  # nothing may be written to the current directory
@@ -87,11 +93,45 @@ def test_full_graph_then_noop_then_one_stale_branch(beir_dir, jrr_env, instance,
     assert third.success, third.failure
     assert set(third.materialized) == ALL_ASSETS - {"bm25_index"}
 
+    # one reranker setting changed: exactly the reranker and its downstream turn stale and run
+    settings = {"warmup_reranker": {"lr": 3e-4}}
+    status = stale_or_missing(build_definitions("ci", str(data), settings), instance)
+    # Dagster flags the changed asset itself; its downstream turns stale once its new data version
+    # exists, which the runner's stale-only rounds pick up within the same `jrr run`.
+    assert {k.to_user_string() for k, s in status.items() if s != "FRESH"} == {"warmup_reranker"}
+    fourth = run_pipeline(str(data), preset="ci", echo=None, instance=instance, settings=settings)
+    assert fourth.success, fourth.failure
+    assert set(fourth.materialized) == RERANKER_DOWNSTREAM
+
+    # lineage: registered model -> MLflow run -> negatives -> tables -> the dataset files
+    uri = f"sqlite:///{jrr_env / 'mlflow.db'}"
+    tree = model_lineage("jrr-toyset-warmup_retriever", uri, instance)
+    text = "\n".join(tree.render())
+    assert "jrr-toyset-warmup_retriever version 2" in text  # first run, then the edited query
+    assert f"dagster run: {third.run_id}" in text
+    for asset in ("bm25_negatives", "corpus", "queries", "qrels", "dataset_files"):
+        assert f"{asset} data version" in text, asset
+    queries_sha = hashlib.sha256((data / "queries.jsonl").read_bytes()).hexdigest()
+    assert f"file queries.jsonl: sha256 {queries_sha[:16]}" in text
+    assert "not in this Dagster instance" not in text
+    model_run = mlflow.get_run(tree.parents[0].title.split("(")[1].split(",")[0])
+    (dataset_input,) = model_run.inputs.dataset_inputs
+    observed = instance.get_latest_data_version_record(AssetKey("dataset_files"))
+    assert dataset_input.dataset.digest == extract_data_version_from_entry(
+        observed.event_log_entry).value
+    with pytest.raises(ValueError, match="has no version 9"):
+        model_lineage("jrr-toyset-warmup_retriever:9", uri, instance)
+
     # last: the CLI resets process-wide Dagster state (DAGSTER_HOME) that the runs above rely on
     from jrr_pipeline.cli import main
 
     assert main(["report", "--history"]) == 0
     assert (jrr_env / "reports" / "history_nDCG_at_10.png").stat().st_size > 5000
+    capsys.readouterr()
+    assert main(["lineage", "jrr-toyset-warmup_reranker:1", "--tracking-uri", uri]) == 0
+    out = capsys.readouterr().out
+    assert "[registered model] jrr-toyset-warmup_reranker version 1" in out
+    assert f"dagster run: {first.run_id}" in out
 
 
 def _break_corpus_json(d: Path) -> None:

@@ -1,7 +1,6 @@
 """[data] corpus, queries, qrels: read a dataset directory and store it in DuckDB in one transaction."""
 
 
-import json
 
 from dagster import (
     AssetCheckResult,
@@ -11,15 +10,17 @@ from dagster import (
     DataVersion,
     MaterializeResult,
     MetadataValue,
+    ObserveResult,
     asset_check,
     multi_asset,
     observable_source_asset,
 )
 
-from jrr_pipeline.assets.common import frame_version
+from jrr_pipeline.assets.common import WAREHOUSE_POOL, frame_version
 from jrr_pipeline.ml.data import duplicate_ids, empty_texts, split_overlap, unresolved_qrels
 from jrr_pipeline.presets import code_version
 from jrr_pipeline.resources import DatasetSource, Warehouse
+from jrr_pipeline.resources.dataset import files_digest
 
 GROUP = "data"
 SAMPLE = 10  # ids shown in check metadata
@@ -29,16 +30,13 @@ SAMPLE = 10  # ids shown in check metadata
     "The dataset directory's input files; the data version is the sha256 of their contents, so an "
     "edited file (not a touched one) makes the data tables stale."
 ))
-def dataset_files(context, dataset: DatasetSource) -> DataVersion:
+def dataset_files(context, dataset: DatasetSource) -> ObserveResult:
     hashes = dataset.content_hashes()
     context.log.info(f"{dataset.directory}: {len(hashes)} files hashed")
-    return DataVersion(_digest(hashes))
-
-
-def _digest(obj: object) -> str:
-    import hashlib
-
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+    return ObserveResult(data_version=DataVersion(files_digest(hashes)), metadata={
+        "directory": MetadataValue.path(str(dataset.directory)),
+        "files": MetadataValue.json(hashes),  # path -> sha256: where `jrr lineage` ends
+    })
 
 
 def build_data_assets(preset: str) -> list:
@@ -46,6 +44,7 @@ def build_data_assets(preset: str) -> list:
 
     @multi_asset(
         name="dataset_tables",
+        pool=WAREHOUSE_POOL,
         group_name=GROUP,
         specs=[
             AssetSpec("corpus", deps=["dataset_files"], code_version=version,

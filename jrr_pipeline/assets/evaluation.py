@@ -7,7 +7,7 @@ import polars as pl
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
-from jrr_pipeline.assets.common import dagster_tags
+from jrr_pipeline.assets.common import DEVICE_POOL, dagster_tags
 from jrr_pipeline.assets.dense import WARMUP_INDEX
 from jrr_pipeline.presets import code_version, preset_config
 from jrr_pipeline.resources import ArtifactStore, Compute, DatasetSource, MLflowTracking, Warehouse
@@ -18,7 +18,8 @@ RECALL_CURVE_KS = (1, 5, 10, 20, 50, 100)
 
 class EvaluationConfig(Config):
     depth: int = Field(default=100, description="retrieval depth per query")
-    rerank_depth: int = Field(default=100, description="top-k of the retriever the reranker rescores")
+    rerank_depth: int = Field(
+        default=30, description="top-k of the retriever the reranker rescores (gpu preset: 100)")
     rerank_batch_size: int = Field(default=64, description="query-passage pairs per reranker batch")
     bm25_threads: int = Field(default=1, description="bm25s search threads")
 
@@ -89,6 +90,7 @@ def build_evaluation_assets(preset: str) -> list:
     @asset(
         name="evaluation_report",
         group_name=GROUP,
+        pool=DEVICE_POOL,
         deps=["bm25_index", "dense_negatives", "warmup_retriever", "warmup_reranker", "queries",
               "qrels"],
         code_version=code_version(
@@ -135,15 +137,16 @@ def build_evaluation_assets(preset: str) -> list:
                 artifacts, name, "warmup_reranker", warehouse, runs["warmup_retriever"], text_of,
                 config.rerank_depth, config.rerank_batch_size, compute)),
         }
-        for system, (needs, make_run) in systems_to_run.items():
-            missing = [a for a in needs if not artifacts.path(name, a).exists()]
-            if missing or (system.endswith("+reranker") and "warmup_retriever" not in runs):
-                context.log.warning(f"{system}: skipped, no artifact {missing} yet")
-                continue
-            started = time.perf_counter()
-            runs[system] = make_run()
-            timings[system] = time.perf_counter() - started
-            context.log.info(f"{system}: {len(query_ids)} {split} queries in {timings[system]:.1f}s")
+        with compute.claim(f"evaluation_report ({context.run.run_id[:8]})", on_wait=context.log.warning):
+            for system, (needs, make_run) in systems_to_run.items():
+                missing = [a for a in needs if not artifacts.path(name, a).exists()]
+                if missing or (system.endswith("+reranker") and "warmup_retriever" not in runs):
+                    context.log.warning(f"{system}: skipped, no artifact {missing} yet")
+                    continue
+                started = time.perf_counter()
+                runs[system] = make_run()
+                timings[system] = time.perf_counter() - started
+                context.log.info(f"{system}: {len(query_ids)} {split} queries in {timings[system]:.1f}s")
 
         systems = {sys: evaluate(run, qrels, DEFAULT_MEASURES, split=split) for sys, run in runs.items()}
         curve_measures = [f"R@{k}" for k in RECALL_CURVE_KS]
@@ -159,6 +162,8 @@ def build_evaluation_assets(preset: str) -> list:
             import mlflow
 
             run_id = run.info.run_id
+            mlflow_tracking.log_dataset_input(name, str(dataset.directory), dataset.content_hashes(),
+                                              context="evaluation")
             mlflow.log_params({"dataset": name, "split": split, "depth": config.depth,
                                "num_queries": len(query_ids)})
             for sys, values in systems.items():

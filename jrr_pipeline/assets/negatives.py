@@ -15,6 +15,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from jrr_pipeline.assets.common import WAREHOUSE_POOL
 from jrr_pipeline.presets import code_version, preset_config
 from jrr_pipeline.resources import ArtifactStore, DatasetSource, Warehouse
 
@@ -43,6 +44,7 @@ def build_negatives_assets(preset: str) -> list:
 
     @asset(
         name="bm25_index",
+        pool=WAREHOUSE_POOL,
         group_name=GROUP,
         deps=["corpus"],
         code_version=code_version(IndexConfig, __name__, "jrr_pipeline.ml.sparse"),
@@ -75,6 +77,7 @@ def build_negatives_assets(preset: str) -> list:
 
     @asset(
         name="bm25_negatives",
+        pool=WAREHOUSE_POOL,
         group_name=GROUP,
         deps=["bm25_index", "queries", "qrels"],
         code_version=code_version(NegConfig, __name__, "jrr_pipeline.ml.sparse"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -41,6 +43,21 @@ class Compute(ConfigurableResource):
         if self.torch_device() == "cuda":
             return torch.cuda.is_bf16_supported()
         return cpu_supports_bf16()
+
+    lock_timeout_s: float = Field(
+        default=-1, description="wait this long for a run using the device; -1 = JRR_LOCK_TIMEOUT_S")
+
+    @contextmanager
+    def claim(self, owner: str, on_wait=None) -> Iterator[None]:
+        """Exclusive use of this device across processes sharing JRR_HOME (waits, then fails clearly)."""
+        from jrr_pipeline.locks import exclusive
+        from jrr_pipeline.paths import jrr_home
+
+        device = self.torch_device()
+        timeout = None if self.lock_timeout_s < 0 else self.lock_timeout_s
+        with exclusive(jrr_home() / "locks" / f"device-{device}.lock", f"device {device}", timeout,
+                       owner=owner, on_wait=on_wait):
+            yield
 
     def apply_threads(self) -> None:
         if self.threads > 0:

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 from dagster import ConfigurableResource
 from pydantic import Field
+
+
+def files_digest(hashes: dict[str, str]) -> str:
+    """One version for a set of files: the ``dataset_files`` data version and MLflow dataset digest."""
+    return hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class DatasetSource(ConfigurableResource):

@@ -11,6 +11,7 @@ import polars as pl
 from dagster import ConfigurableResource
 from pydantic import Field
 
+from jrr_pipeline.locks import exclusive
 from jrr_pipeline.paths import jrr_home
 
 SCHEMAS: dict[str, str] = {
@@ -39,16 +40,27 @@ class Warehouse(ConfigurableResource):
     def file(self) -> Path:
         return Path(self.path).expanduser().resolve() if self.path else jrr_home() / "warehouse.duckdb"
 
+    lock_timeout_s: float = Field(
+        default=-1, description="wait this long for another process's connection; -1 = JRR_LOCK_TIMEOUT_S")
+
+    @property
+    def lock_file(self) -> Path:
+        return self.file.with_name(self.file.name + ".lock")
+
     @contextmanager
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection held under the file's lock: DuckDB lets one process open a file read-write,
+        so a second run waits here for its turn instead of failing inside DuckDB."""
         self.file.parent.mkdir(parents=True, exist_ok=True)
         if read_only and not self.file.exists():
             raise FileNotFoundError(f"{self.file}: no warehouse yet; materialize the data assets first")
-        con = duckdb.connect(str(self.file), read_only=read_only)
-        try:
-            yield con
-        finally:
-            con.close()
+        timeout = None if self.lock_timeout_s < 0 else self.lock_timeout_s
+        with exclusive(self.lock_file, f"DuckDB warehouse {self.file}", timeout, owner="warehouse"):
+            con = duckdb.connect(str(self.file), read_only=read_only)
+            try:
+                yield con
+            finally:
+                con.close()
 
     def replace_tables(self, frames: Mapping[str, pl.DataFrame]) -> None:
         """Replace whole tables atomically: all of them or none (one transaction)."""

@@ -42,6 +42,12 @@ class TrainConfig:
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "Trade compute for memory in the transformer encoders."}
     )
+    head_lr_multiplier: float = field(
+        default=1.0,
+        metadata={"help": "lr factor for freshly initialised heads (parameters named "
+                  "'classifier.*'): a random 384->1 head at lr 2e-5 barely moves in 100 steps, so "
+                  "the listwise loss sits at ln(n) while the encoder waits for it."},
+    )
     seed: int = field(
         default=42, metadata={"help": "Seed of the data order and of the python/numpy/torch RNGs."}
     )

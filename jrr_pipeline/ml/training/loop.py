@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import random
+import resource
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -206,7 +207,8 @@ def _train(
     if config.gradient_checkpointing:
         for module in modules.values():
             enable_gradient_checkpointing(module)
-    optimizer = build_optimizer(container.named_parameters(), config.lr, config.weight_decay)
+    optimizer = build_optimizer(container.named_parameters(), config.lr, config.weight_decay,
+                                config.head_lr_multiplier)
     scheduler = build_scheduler(optimizer, total, config.warmup_ratio)
 
     resumed_from: int | None = None
@@ -301,7 +303,7 @@ def _train(
                 elapsed = max(time.perf_counter() - window["t0"], 1e-9)
                 metrics.update({
                     "lr": lr, "examples_per_s": window["examples"] / elapsed,
-                    "epoch": state.step / per_epoch,
+                    "epoch": state.step / per_epoch, "peak_rss_gb": peak_rss_gb(),
                 })
                 final_loss = metrics["loss"]
                 if is_main:
@@ -329,6 +331,11 @@ def _train(
         output_dir, True, state.step, total, state.epoch, resumed_from, final_loss,
         time.perf_counter() - started, bf16, world, state_path, history,
     )
+
+
+def peak_rss_gb() -> float:
+    """Peak resident memory of this process so far (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def _checkpoint(

@@ -70,14 +70,31 @@ def parameter_groups(
     ]
 
 
+HEAD_PREFIXES = ("classifier.",)
+
+
 def build_optimizer(
-    named_parameters: Iterable[tuple[str, nn.Parameter]], lr: float, weight_decay: float
+    named_parameters: Iterable[tuple[str, nn.Parameter]], lr: float, weight_decay: float,
+    head_lr_multiplier: float = 1.0,
 ) -> torch.optim.AdamW:
-    """AdamW without weight decay on biases and LayerNorm weights."""
-    groups = parameter_groups(named_parameters, weight_decay)
-    if not any(group["params"] for group in groups):
+    """AdamW without weight decay on biases and LayerNorm weights; new heads at lr * multiplier."""
+    named = list(named_parameters)
+    is_head = [_is_head(name) for name, _ in named]
+    groups = parameter_groups([p for p, h in zip(named, is_head, strict=True) if not h], weight_decay)
+    if head_lr_multiplier != 1.0:
+        for group in parameter_groups([p for p, h in zip(named, is_head, strict=True) if h],
+                                      weight_decay):
+            groups.append({**group, "lr": lr * head_lr_multiplier})
+    else:
+        groups += parameter_groups([p for p, h in zip(named, is_head, strict=True) if h], weight_decay)
+    groups = [g for g in groups if g["params"]]
+    if not groups:
         raise ValueError("no trainable parameters: every parameter has requires_grad=False")
     return torch.optim.AdamW(groups, lr=lr)
+
+
+def _is_head(name: str) -> bool:
+    return any(name.startswith(p) or f".{p}" in name for p in HEAD_PREFIXES)
 
 
 @lru_cache(maxsize=1)

@@ -77,3 +77,14 @@ def test_bf16_setting() -> None:
     assert use_bf16("off", cpu) is False
     assert use_bf16("on", cpu) is True
     assert use_bf16("auto", cpu) is cpu_supports_bf16()
+
+
+def test_new_head_gets_its_own_learning_rate():
+    model = torch.nn.ModuleDict({"encoder": torch.nn.Linear(4, 4), "classifier": torch.nn.Linear(4, 1)})
+    opt = build_optimizer(model.named_parameters(), lr=1e-3, weight_decay=0.01, head_lr_multiplier=50)
+    head = {id(p) for p in model["classifier"].parameters()}
+    lrs = {id(p): group["lr"] for group in opt.param_groups for p in group["params"]}
+    assert [lrs[i] for i in head] == pytest.approx([5e-2, 5e-2])
+    assert {lr for i, lr in lrs.items() if i not in head} == {1e-3}
+    plain = build_optimizer(model.named_parameters(), lr=1e-3, weight_decay=0.01)
+    assert {g["lr"] for g in plain.param_groups} == {1e-3}
