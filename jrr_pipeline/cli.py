@@ -43,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     lineage.add_argument("--tracking-uri", default="",
                          help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the embedded store)")
 
+    cands = sub.add_parser("candidates", help="a query's denoised candidate list, to judge by eye")
+    cands.add_argument("query_id", help="a train query id (see the candidates table)")
+    cands.add_argument("--width", type=int, default=90, help="characters of passage text shown")
+
     ui = sub.add_parser("ui", help="Dagster webserver + daemon on 127.0.0.1 (Ctrl-C stops both)")
     ui.add_argument("data_dir", help="dataset directory the code location materializes")
     ui.add_argument("--preset", choices=PRESET_NAMES, default="cpu", help="config defaults (default: cpu)")
@@ -58,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(args)
         if args.command == "lineage":
             return cmd_lineage(args)
+        if args.command == "candidates":
+            return cmd_candidates(args)
         if args.command == "ui":
             return cmd_ui(args)
         if args.command == "mlflow":
@@ -92,6 +98,32 @@ def cmd_run(args: argparse.Namespace) -> int:
     if report and report.exists():
         print(f"report: {report}")
         print(_table(json.loads(report.read_text())))
+    return 0
+
+
+def cmd_candidates(args: argparse.Namespace) -> int:
+    from jrr_pipeline.resources import Warehouse
+
+    warehouse = Warehouse()
+    if not warehouse.has_table("candidates"):
+        raise FileNotFoundError(f"{warehouse.file}: no candidates table; materialize denoised_candidates")
+    rows = warehouse.query(
+        "SELECT c.doc_id, c.label, c.source, c.ce_score, co.title, co.text FROM candidates c "
+        "JOIN corpus co USING (doc_id) WHERE c.query_id = ? ORDER BY c.label DESC, c.ce_score DESC",
+        [args.query_id])
+    if rows.height == 0:
+        sample = warehouse.query("SELECT DISTINCT query_id FROM candidates ORDER BY query_id LIMIT 5")
+        raise ValueError(f"query {args.query_id!r} has no candidate list; e.g. "
+                         f"{', '.join(sample['query_id'].to_list())}")
+    query = warehouse.query("SELECT text FROM queries WHERE query_id = ?", [args.query_id])
+    print(f"query {args.query_id}: {query['text'][0] if query.height else '?'}")
+    print(f"{'label':<6} {'ce_score':>8}  {'source':<24} {'doc_id':<12} passage")
+    for doc_id, label, source, score, title, text in rows.iter_rows():
+        passage = " ".join(f"{title or ''} {text or ''}".split())
+        if len(passage) > args.width:
+            passage = passage[: args.width - 3] + "..."
+        kind = "pos" if label == 1 else "neg"
+        print(f"{kind:<6} {score:>8.3f}  {source:<24} {doc_id:<12} {passage}")
     return 0
 
 

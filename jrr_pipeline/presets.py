@@ -35,6 +35,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "warmup_reranker": {"max_steps": 2, "batch_size": 2, "n_negatives": 3, "max_length": 64,
                             "rank_window_end": 20},
         "dense_negatives": {"top_k": 20, "batch_size": 32},
+        "denoised_candidates": {"top_k": 5, "list_length": 4},
         "evaluation_report": {"depth": 20, "rerank_depth": 10},
     },
     "cpu": {},
@@ -43,6 +44,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                              "passage_max_length": 256, "lr": 3e-5},
         "warmup_reranker": {"epochs": 2, "batch_size": 16, "n_negatives": 15, "max_length": 320},
         "dense_negatives": {"batch_size": 256},
+        "denoised_candidates": {"top_k": 50, "list_length": 32, "batch_size": 256},
         "evaluation_report": {"rerank_depth": 100, "rerank_batch_size": 256},
     },
 }

@@ -17,8 +17,8 @@ from jrr_pipeline.runner import run_pipeline
 from jrr_pipeline.staleness import stale_or_missing
 
 ALL_ASSETS = {"corpus", "queries", "qrels", "bm25_index", "bm25_negatives", "warmup_retriever",
-              "warmup_reranker", "dense_negatives", "evaluation_report"}
-RERANKER_DOWNSTREAM = {"warmup_reranker", "evaluation_report"}
+              "warmup_reranker", "dense_negatives", "denoised_candidates", "evaluation_report"}
+RERANKER_DOWNSTREAM = {"warmup_reranker", "denoised_candidates", "evaluation_report"}
 
 
 @pytest.fixture
@@ -69,6 +69,22 @@ def test_full_graph_then_noop_then_one_stale_branch(beir_dir, jrr_env, instance,
         "select value from metrics where system='bm25' and measure='nDCG@10'").fetchall()
     con.close()
     assert stored == [(pytest.approx(bm25["nDCG@10"]),)]
+
+    # candidate lists: positives first, ci list length 4, no labelled positive as a negative
+    con = duckdb.connect(str(jrr_env / "warehouse.duckdb"), read_only=True)
+    per_query = con.execute(
+        "select query_id, sum(label), count(*) - sum(label) from candidates group by query_id").fetchall()
+    leaks = con.execute(
+        "select count(*) from candidates c join qrels q using (query_id, doc_id) "
+        "where c.label = 0 and q.relevance > 0").fetchone()[0]
+    sources = {r[0] for r in con.execute("select distinct source from candidates").fetchall()}
+    con.close()
+    assert len(per_query) == 40 and all(pos >= 1 and neg == 3 for _q, pos, neg in per_query)
+    assert leaks == 0 and "qrels" in sources
+    assert sources <= {"qrels"} | {f"{kind}:{src}" for kind in ("raw", "denoised", "pseudo_positive")
+                                   for src in ("bm25", "dense", "bm25+dense")}
+    assert first.checks["denoised_candidates:candidates_exclude_positives"]
+    assert first.checks["denoised_candidates:candidates_list_length"]
 
     import mlflow
 
@@ -132,6 +148,11 @@ def test_full_graph_then_noop_then_one_stale_branch(beir_dir, jrr_env, instance,
     out = capsys.readouterr().out
     assert "[registered model] jrr-toyset-warmup_reranker version 1" in out
     assert f"dagster run: {first.run_id}" in out
+    query_id = per_query[0][0]
+    assert main(["candidates", query_id]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"query {query_id}: ") and out.count("\npos ") >= 1 and out.count("\nneg ") == 3
+    assert main(["candidates", "no-such-query"]) == 2
 
 
 def _break_corpus_json(d: Path) -> None:

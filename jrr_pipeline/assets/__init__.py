@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from jrr_pipeline.assets.candidates import CANDIDATES_CHECKS, build_candidates_assets
 from jrr_pipeline.assets.data import DATA_CHECKS, build_data_assets, dataset_files
 from jrr_pipeline.assets.dense import build_dense_assets
 from jrr_pipeline.assets.evaluation import build_evaluation_assets
@@ -17,10 +18,11 @@ def build_assets(preset: str) -> list:
         *build_negatives_assets(preset),
         *build_warmup_assets(preset),
         *build_dense_assets(preset),
+        *build_candidates_assets(preset),
         *build_evaluation_assets(preset),
     ]
 
 
-ASSET_CHECKS = [*DATA_CHECKS, *NEGATIVES_CHECKS]
+ASSET_CHECKS = [*DATA_CHECKS, *NEGATIVES_CHECKS, *CANDIDATES_CHECKS]
 
 __all__ = ["ASSET_CHECKS", "build_assets"]

@@ -83,3 +83,23 @@ def per_query_sorted(per_query: Mapping[str, Mapping[str, float]], measure: str)
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     return _png(fig)
+
+
+def score_histogram(groups: Mapping[str, Sequence[float]], threshold: float | None = None,
+                    xlabel: str = "reranker probability (calibrated)",
+                    title: str = "Denoising: reranker scores of kept vs dropped candidates") -> bytes:
+    """Overlaid histograms (log count) of scores in [0, 1], one per group, with a threshold line."""
+    fig = Figure(figsize=(7, 4))
+    ax = fig.add_subplot()
+    bins = [i / 40 for i in range(41)]
+    for name, values in groups.items():
+        if len(values):
+            ax.hist(list(values), bins=bins, alpha=0.55, label=f"{name} ({len(values)})")
+    if threshold is not None:
+        ax.axvline(threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {threshold}")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("count (log)")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.legend()
+    return _png(fig)

@@ -1,0 +1,197 @@
+"""[candidates] denoised_candidates: RocketQA denoising + RocketQAv2 hybrid lists -> `candidates`."""
+
+import time
+
+import polars as pl
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetExecutionContext,
+    AssetKey,
+    Config,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+    asset_check,
+)
+from pydantic import Field
+
+from jrr_pipeline.assets.common import DEVICE_POOL, dagster_tags
+from jrr_pipeline.presets import code_version, preset_config
+from jrr_pipeline.resources import ArtifactStore, Compute, DatasetSource, MLflowTracking, Warehouse
+
+GROUP = "candidates"
+
+
+class DenoisedCandidatesConfig(Config):
+    top_k: int = Field(default=10, description="top-k of each source (BM25, dense) scored per train "
+                                               "query (paper: 30+; 10 keeps the cpu preset in budget)")
+    sources: list[str] = Field(default=["bm25", "dense"], description="negatives sources merged")
+    tau_neg: float = Field(default=0.1, description="keep a negative only if its probability < this")
+    tau_pos: float = Field(default=0.9, description="pseudo positive above this (when promoted)")
+    promote_pseudo_positives: bool = Field(
+        default=False, description="turn unlabelled passages above tau_pos into positives")
+    calibration: str = Field(
+        default="relative", description="relative: sigmoid(s - s_positive) | sigmoid | softmax")
+    list_length: int = Field(default=8, description="candidates per query list (positive + negatives)")
+    denoised_ratio: float = Field(
+        default=0.5, description="share of a list's negatives drawn from the denoised set "
+                                 "(the rest from the undenoised retrieved set)")
+    batch_size: int = Field(default=64, description="query-passage pairs per reranker batch")
+    seed: int = Field(default=42, description="seed of the list sampling")
+
+    def denoise_config(self):
+        from jrr_pipeline.ml.denoise import DenoiseConfig
+
+        return DenoiseConfig(top_k=self.top_k, tau_neg=self.tau_neg, tau_pos=self.tau_pos,
+                             promote_pseudo_positives=self.promote_pseudo_positives,
+                             calibration=self.calibration, list_length=self.list_length,
+                             denoised_ratio=self.denoised_ratio, seed=self.seed)
+
+
+def score_frame(warehouse: Warehouse, config: DenoisedCandidatesConfig) -> pl.DataFrame:
+    """Positives + merged retrieved candidates of every train query, without scores yet."""
+    from jrr_pipeline.ml.denoise import merge_retrieved
+
+    qrels = warehouse.query("SELECT query_id, doc_id FROM qrels WHERE split = 'train' AND relevance > 0")
+    all_positive = warehouse.query("SELECT DISTINCT query_id, doc_id FROM qrels WHERE relevance > 0")
+    negatives = warehouse.query("SELECT query_id, doc_id, rank, source FROM negatives")
+    retrieved = merge_retrieved(negatives, config.top_k, config.sources)
+    retrieved = retrieved.join(all_positive, on=["query_id", "doc_id"], how="anti")
+    retrieved = retrieved.filter(pl.col("query_id").is_in(qrels["query_id"].unique().to_list()))
+    positives = qrels.unique().with_columns(source=pl.lit("qrels"), rank=pl.lit(0, pl.UInt32))
+    frame = pl.concat([
+        positives.with_columns(is_positive=pl.lit(True)),
+        retrieved.with_columns(pl.col("rank").cast(pl.UInt32), is_positive=pl.lit(False)),
+    ], how="diagonal_relaxed")
+    return frame.sort("query_id", "is_positive", "rank", "doc_id", descending=[False, True, False, False])
+
+
+def build_candidates_assets(preset: str) -> list:
+    Cfg = preset_config(DenoisedCandidatesConfig, "denoised_candidates", preset)
+
+    @asset(
+        name="denoised_candidates",
+        group_name=GROUP,
+        pool=DEVICE_POOL,
+        deps=["warmup_reranker", "bm25_negatives", "dense_negatives", "corpus", "queries", "qrels"],
+        code_version=code_version(Cfg, __name__, "jrr_pipeline.ml.denoise"),
+        description="RocketQA denoising of BM25 + dense top-k with the warm-up reranker, then "
+                    "RocketQAv2 hybrid lists -> the `candidates` table (label, source, ce_score)",
+    )
+    def denoised_candidates(context: AssetExecutionContext, config: Cfg, warehouse: Warehouse,
+                            artifacts: ArtifactStore, dataset: DatasetSource, compute: Compute,
+                            mlflow_tracking: MLflowTracking) -> MaterializeResult:
+        with compute.claim(f"denoised_candidates ({context.run.run_id[:8]})",
+                           on_wait=context.log.warning):
+            return _denoised_candidates(context, config, warehouse, artifacts, dataset, compute,
+                                        mlflow_tracking)
+
+    return [denoised_candidates]
+
+
+def _denoised_candidates(context, config, warehouse, artifacts, dataset, compute,
+                         tracking) -> MaterializeResult:
+    from jrr_pipeline.assets.dense import autocast_dtype
+    from jrr_pipeline.ml.denoise import calibrate, decide, denoise_stats, hybrid_lists
+    from jrr_pipeline.ml.index import passage_texts
+    from jrr_pipeline.ml.modeling import CrossEncoderReranker
+
+    name = dataset.dataset_name
+    denoise = config.denoise_config()
+    compute.apply_threads()
+    frame = score_frame(warehouse, config)
+    corpus = warehouse.table("corpus")
+    passages = dict(zip(corpus["doc_id"].to_list(), passage_texts(corpus), strict=True))
+    queries = warehouse.table("queries")
+    text = dict(zip(queries["query_id"].to_list(), queries["text"].to_list(), strict=True))
+    reranker = CrossEncoderReranker.from_pretrained(str(artifacts.path(name, "warmup_reranker")))
+    reranker = reranker.to(compute.torch_device()).eval()
+    pairs = [(text[q], passages[d]) for q, d in frame.select("query_id", "doc_id").iter_rows()]
+    context.log.info(f"scoring {len(pairs)} pairs of {frame['query_id'].n_unique()} train queries "
+                     f"(top-{config.top_k} of {'+'.join(config.sources)} + positives)")
+    started = time.perf_counter()
+    scores = reranker.predict(pairs, batch_size=config.batch_size, progress=True,
+                              autocast_dtype=autocast_dtype(compute))
+    score_s = time.perf_counter() - started
+    context.log.info(f"scored {len(pairs)} pairs in {score_s:.0f}s ({len(pairs) / max(score_s, 1e-9):.0f}/s)")
+    decided = decide(calibrate(frame.with_columns(ce_score=pl.Series(scores, dtype=pl.Float64)),
+                               denoise.calibration), denoise)
+    candidates, list_stats = hybrid_lists(decided, denoise)
+    warehouse.replace_tables({"candidates": candidates})
+
+    stats = denoise_stats(decided)
+    out_dir = artifacts.path(name, "denoised_candidates")
+    plot = _histogram(decided, out_dir, denoise.tau_neg)
+    with tracking.start_run(f"denoised_candidates-{name}", tags={**dagster_tags(context),
+                                                                  "dataset": name}) as run:
+        import mlflow
+
+        mlflow.log_params({k: v for k, v in config.model_dump().items()})
+        mlflow.log_metrics({k: float(v) for k, v in stats.items() if isinstance(v, (int, float))})
+        mlflow.log_artifact(str(plot))
+        run_id = run.info.run_id
+    context.log.info(f"denoising: {stats}; lists: {list_stats}")
+    return MaterializeResult(metadata={
+        "dagster/row_count": candidates.height,
+        "queries": list_stats["queries"],
+        "pairs_scored": len(pairs),
+        "pairs_per_second": round(len(pairs) / max(score_s, 1e-9), 1),
+        "removed_share": stats["dropped_share"],
+        "pseudo_positive_share": stats["pseudo_positive_share"],
+        "denoising": MetadataValue.json(stats),
+        "short_lists": list_stats["short_lists"],
+        "missing_negatives": list_stats["missing_negatives"],
+        "list_length": config.list_length,
+        "score_histogram": MetadataValue.path(str(plot)),
+        "mlflow_run_id": run_id,
+    })
+
+
+def _histogram(decided: pl.DataFrame, out_dir, tau_neg: float):
+    """Histogram of calibrated reranker probabilities: kept negatives vs dropped vs positives."""
+    from jrr_pipeline.ml.evaluation.plots import score_histogram
+    from jrr_pipeline.ml.evaluation.report import atomic_write
+
+    groups = {d: decided.filter(pl.col("decision") == d)["ce_prob"].to_list()
+              for d in ("negative", "dropped", "pseudo_positive", "positive")}
+    path = out_dir / "ce_score_histogram.png"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, score_histogram(groups, threshold=tau_neg))
+    return path
+
+
+@asset_check(asset="denoised_candidates", blocking=True,
+             description="no labelled positive of a query appears as one of its negatives")
+def candidates_exclude_positives(warehouse: Warehouse) -> AssetCheckResult:
+    bad = warehouse.query(
+        "SELECT c.query_id, c.doc_id FROM candidates c JOIN qrels q "
+        "ON c.query_id = q.query_id AND c.doc_id = q.doc_id "
+        "WHERE c.label = 0 AND q.relevance > 0 LIMIT 10")
+    return AssetCheckResult(passed=bad.height == 0, metadata={
+        "violations_sample": MetadataValue.json([list(r) for r in bad.iter_rows()])})
+
+
+@asset_check(asset="denoised_candidates",
+             description="every list has the configured length, else the shortfall is counted")
+def candidates_list_length(context: AssetCheckExecutionContext,
+                           warehouse: Warehouse) -> AssetCheckResult:
+    event = context.instance.get_latest_materialization_event(AssetKey("denoised_candidates"))
+    metadata = event.asset_materialization.metadata if event else {}
+    target = int(metadata["list_length"].value) - 1 if "list_length" in metadata else None
+    sizes = warehouse.query(
+        "SELECT query_id, sum(CASE WHEN label = 0 THEN 1 ELSE 0 END) AS negatives "
+        "FROM candidates GROUP BY query_id")
+    if sizes.height == 0 or target is None:
+        return AssetCheckResult(passed=False, metadata={"queries": sizes.height})
+    short = sizes.filter(pl.col("negatives") < target)
+    return AssetCheckResult(
+        passed=short.height == 0, severity=AssetCheckSeverity.WARN,
+        metadata={"queries": sizes.height, "negatives_per_list": target,
+                  "short_lists": short.height,
+                  "missing_negatives": int((target - short["negatives"]).sum()) if short.height else 0,
+                  "short_sample": MetadataValue.json([list(r) for r in short.head(10).iter_rows()])})
+
+
+CANDIDATES_CHECKS = [candidates_exclude_positives, candidates_list_length]
