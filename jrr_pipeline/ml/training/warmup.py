@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,9 +80,12 @@ class RetrieverWarmupTask:
         }
         return loss, metrics
 
+    serving: dict = {}
+
     def save(self, output_dir: Path) -> None:
-        """HF / sentence-transformers folder of the retriever."""
-        self.retriever.save_pretrained(output_dir)
+        """HF / sentence-transformers folder of the retriever (with the ``serving`` config fields)."""
+        with config_overrides(self.retriever.config, self.serving):
+            self.retriever.save_pretrained(output_dir)
 
 
 class RerankerWarmupTask:
@@ -107,9 +111,25 @@ class RerankerWarmupTask:
             acc = (scores.argmax(dim=1) == 0).float().mean()
         return loss, {"list_acc": float(acc), "loss_prior": math.log(list_len)}
 
+    serving: dict = {}
+
     def save(self, output_dir: Path) -> None:
         """HF folder of the reranker (loads with sentence_transformers.CrossEncoder)."""
-        self.reranker.save_pretrained(output_dir)
+        with config_overrides(self.reranker.config, self.serving):
+            self.reranker.save_pretrained(output_dir)
+
+
+@contextmanager
+def config_overrides(config, values: dict) -> Iterator[None]:
+    """Set ``values`` on a (mutable) model config dataclass for the block, then restore."""
+    previous = {k: getattr(config, k) for k in values}
+    for key, value in values.items():
+        setattr(config, key, value)
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            setattr(config, key, value)
 
 
 def _require_columns(df: pl.DataFrame, table: str, columns: Sequence[str]) -> None:

@@ -79,3 +79,18 @@ def test_cli_config_errors_name_the_field(tiny_model_dir, tmp_path, capsys) -> N
     cfg_path.write_text(json.dumps(_config(tmp_path, tiny_model_dir, "reranker")))
     assert main(["--task", "retriever", "--config", str(cfg_path)]) == 2
     assert "field 'task'" in capsys.readouterr().err
+
+
+def test_serving_overrides_reach_the_checkpoint_only(tiny_model_dir, tmp_path, capsys) -> None:
+    _write_tables(tmp_path)
+    cfg_path = tmp_path / "cfg.json"
+    cfg = _config(tmp_path, tiny_model_dir, "retriever", serving={"passage_max_length": 40})
+    cfg_path.write_text(json.dumps(cfg))
+    assert main(["--task", "retriever", "--config", str(cfg_path)]) == 0
+    saved = DenseRetriever.from_pretrained(str(tmp_path / "out" / "model"))
+    assert saved.config.passage_max_length == 40 and saved.config.query_max_length == 8
+    cfg["serving"] = {"passage_max_lenght": 40}
+    cfg["output_dir"] = "out2/model"
+    cfg_path.write_text(json.dumps(cfg))
+    assert main(["--task", "retriever", "--config", str(cfg_path)]) == 2
+    assert "field 'serving.passage_max_lenght'" in capsys.readouterr().err
