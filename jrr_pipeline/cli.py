@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
                      help="materialize every selected asset, stale or not")
     run.add_argument("--name", default="", help="dataset name (default: the directory's name)")
     run.add_argument("--quiet", action="store_true", help="only print the summary")
+    run.add_argument("--dry-run", action="store_true",
+                     help="only list what is stale now and what lies downstream of it")
     run.add_argument("--set", action="append", default=[], metavar="ASSET.FIELD=VALUE",
                      help="override one setting (repeatable), e.g. warmup_reranker.lr=3e-5; "
                           "applied over $JRR_SETTINGS (a TOML file) and the preset")
@@ -84,7 +86,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = merge_settings(load_settings(), parse_assignments(args.set))
     outcome = run_pipeline(str(data_dir), preset=args.preset, select=args.select,
                            stale_only=args.stale_only, dataset_name=args.name,
-                           echo=None if args.quiet else print, settings=settings)
+                           echo=None if args.quiet else print, settings=settings,
+                           dry_run=args.dry_run)
+    if args.dry_run:
+        print(f"stale or missing: {', '.join(outcome.stale) or 'nothing'}")
+        print(f"downstream (re-run when their inputs change): {', '.join(outcome.downstream) or 'nothing'}")
+        print(f"fresh: {', '.join(outcome.fresh) or 'nothing'}")
+        return 0
     seconds = time.perf_counter() - started
     if not outcome.success:
         print(f"jrr: run {outcome.run_id} failed after {seconds:.1f}s: {outcome.failure}", file=sys.stderr)

@@ -25,6 +25,8 @@ class RunOutcome:
     failure: str | None = None
     checks: dict[str, bool] = field(default_factory=dict)
     report_path: Path | None = None
+    stale: list[str] = field(default_factory=list)  # dry run: stale or missing now
+    downstream: list[str] = field(default_factory=list)  # dry run: below them, re-run if changed
 
 
 def run_pipeline(
@@ -37,6 +39,7 @@ def run_pipeline(
     echo: Callable[[str], None] | None = print,
     instance=None,
     settings: dict | None = None,
+    dry_run: bool = False,
 ) -> RunOutcome:
     """Observe the dataset files, then materialize the selected assets that are stale or missing."""
     from dagster import DagsterInstance
@@ -47,7 +50,7 @@ def run_pipeline(
     # so bind the storage of the instance this run uses for the whole call.
     with _defs_state_storage_of(instance):
         return _run_pipeline(data_dir, preset, select, stale_only, dataset_name, run_config, echo,
-                             instance, settings)
+                             instance, settings, dry_run)
 
 
 def _defs_state_storage_of(instance):
@@ -59,7 +62,7 @@ def _defs_state_storage_of(instance):
 
 
 def _run_pipeline(data_dir, preset, select, stale_only, dataset_name, run_config, echo,
-                  instance, settings) -> RunOutcome:
+                  instance, settings, dry_run=False) -> RunOutcome:
     from dagster import AssetKey, AssetSelection
     from dagster._core.definitions.observe import observe  # not re-exported by dagster 1.13
 
@@ -100,6 +103,12 @@ def _run_pipeline(data_dir, preset, select, stale_only, dataset_name, run_config
             break
         # corpus, queries and qrels are written in one transaction by one multi-asset
         todo = AssetSelection.assets(*todo).required_multi_asset_neighbors().resolve(graph)
+        if dry_run:
+            below = AssetSelection.assets(*todo).downstream().resolve(graph) & selected
+            outcome.stale = sorted(k.to_user_string() for k in todo)
+            outcome.downstream = sorted(k.to_user_string() for k in below - todo)
+            outcome.fresh = sorted(k.to_user_string() for k in selected - below)
+            return outcome
         names = sorted(k.to_user_string() for k in todo)
         say(f"materializing {len(names)} of {len(selected)} assets ({preset} preset): {', '.join(names)}")
         result = job.execute_in_process(

@@ -115,6 +115,10 @@ def test_full_graph_then_noop_then_one_stale_branch(beir_dir, jrr_env, instance,
     # Dagster flags the changed asset itself; its downstream turns stale once its new data version
     # exists, which the runner's stale-only rounds pick up within the same `jrr run`.
     assert {k.to_user_string() for k, s in status.items() if s != "FRESH"} == {"warmup_reranker"}
+    dry = run_pipeline(str(data), preset="ci", echo=None, instance=instance, settings=settings,
+                       dry_run=True)
+    assert dry.stale == ["warmup_reranker"] and dry.materialized == []
+    assert dry.downstream == ["denoised_candidates", "evaluation_report"]
     fourth = run_pipeline(str(data), preset="ci", echo=None, instance=instance, settings=settings)
     assert fourth.success, fourth.failure
     assert set(fourth.materialized) == RERANKER_DOWNSTREAM

@@ -90,7 +90,7 @@ def load_run_config(path: Path) -> dict[str, Any]:
         if table not in data:
             raise ValueError(f"{path}: field 'data.{table}': missing")
     examples = dict(_section(cfg, "examples", path, required=False))
-    allowed = {"n_negatives", "seed", "split", "source", "rank_window"}
+    allowed = {"n_negatives", "seed", "split", "source", "rank_window", "sampler"}
     bad = sorted(set(examples) - allowed)
     if bad:
         raise ValueError(f"{path}: field 'examples.{bad[0]}': unknown key")

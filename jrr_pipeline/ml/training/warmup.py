@@ -150,6 +150,7 @@ def build_retrieval_examples(
     split: str = "train",
     source: str | None = None,
     rank_window: tuple[int, int] = (1, 100),
+    sampler: dict | None = None,
 ) -> list[RetrievalExample]:
     """One example per (query, positive doc) of `split` with relevance > 0, sorted by ids.
 
@@ -159,6 +160,11 @@ def build_retrieval_examples(
     such rows, the rest are random corpus documents (so every example has exactly
     `n_negatives`, which the batched losses need). Deterministic for a given `seed`.
     Passages are "title text".
+
+    ``sampler`` (``{"name": "simans", "a": 1.0, "b": 0.0}`` etc., see ``jrr_pipeline.ml.sampling``)
+    replaces the uniform draw: the pool is the same rank window, each candidate carries the
+    ``score`` and ``ce_prob`` columns of ``negatives`` when present, and SimANS reads the
+    positive's score from a ``positive_score`` column (one value per query).
     """
     if n_negatives < 0:
         raise ValueError(f"n_negatives must be >= 0, got {n_negatives}")
@@ -204,6 +210,9 @@ def build_retrieval_examples(
             f"table 'negatives': field 'doc_id': unknown id {unknown['doc_id'][0]!r} "
             f"(query {unknown['query_id'][0]!r})"
         )
+    if sampler is not None:
+        return _sampled_examples(pairs, neg, positives_of, query_text, texts, doc_index, doc_ids,
+                                 n_negatives, seed, sampler)
     neg = neg.group_by("query_id", "doc_id").agg(pl.col("rank").min()).sort("query_id", "rank")
     pools: dict[str, list[str]] = {}
     for qid, did, _rank in neg.iter_rows():
@@ -227,6 +236,40 @@ def build_retrieval_examples(
                 negatives=[texts[doc_index[d]] for d in chosen],
             )
         )
+    return examples
+
+
+def _sampled_examples(pairs, neg, positives_of, query_text, texts, doc_index, doc_ids, n_negatives,
+                      seed, sampler_spec: dict) -> list[RetrievalExample]:
+    from jrr_pipeline.ml.sampling import Candidate, build_sampler
+
+    spec = dict(sampler_spec)
+    sampler = build_sampler(spec.pop("name", "uniform"), **spec)
+    aggs = [pl.col("rank").min()]
+    for column in ("score", "ce_prob", "positive_score"):
+        if column in neg.columns:
+            aggs.append(pl.col(column).max())
+    neg = neg.group_by("query_id", "doc_id").agg(aggs).sort("query_id", "rank", "doc_id")
+    pools: dict[str, list[Candidate]] = {}
+    positive_score: dict[str, float] = {}
+    for row in neg.iter_rows(named=True):
+        qid, did = row["query_id"], row["doc_id"]
+        if row.get("positive_score") is not None:
+            positive_score[qid] = float(row["positive_score"])
+        if did not in positives_of.get(qid, ()):
+            pools.setdefault(qid, []).append(Candidate(
+                did, int(row["rank"]), float(row.get("score") or 0.0), "", row.get("ce_prob")))
+    rng = np.random.default_rng(seed)
+    examples = []
+    for qid, pos in pairs:
+        pool = pools.get(qid, [])
+        chosen = [c.doc_id for c in sampler.sample(pool, n_negatives, rng, positive_score.get(qid))
+                  ] if pool else []
+        if len(chosen) < n_negatives:
+            chosen += _random_docs(
+                rng, doc_ids, n_negatives - len(chosen), positives_of[qid] | set(chosen), qid)
+        examples.append(RetrievalExample(query=query_text[qid], positive=texts[doc_index[pos]],
+                                         negatives=[texts[doc_index[d]] for d in chosen]))
     return examples
 
 

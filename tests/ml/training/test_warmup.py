@@ -175,3 +175,23 @@ def test_gradient_checkpointing_gives_the_same_training(tiny_model_dir, tmp_path
         weights.append(retriever.state_dict())
     for key, value in weights[0].items():
         assert torch.allclose(value, weights[1][key], atol=1e-6), key
+
+
+def test_build_examples_switch_sampler_by_name() -> None:
+    queries, corpus, qrels, negatives = _tables()
+    # SimANS with a sharp width around the positive's score 6.0: d8 (score 6) is always drawn
+    with_pos = negatives.with_columns(positive_score=pl.lit(6.0))
+    simans = build_retrieval_examples(queries, corpus, qrels, with_pos, n_negatives=1, seed=3,
+                                      source="bm25", rank_window=(1, 7),
+                                      sampler={"name": "simans", "a": 50.0, "b": 0.0})
+    assert [e.negatives for e in simans[:2]] == [["T8 text 8"], ["T8 text 8"]]
+    uniform = build_retrieval_examples(queries, corpus, qrels, negatives, n_negatives=3, seed=3,
+                                       source="bm25", rank_window=(1, 7),
+                                       sampler={"name": "uniform", "rank_start": 2, "rank_end": 4})
+    assert set(uniform[0].negatives) == {"T6 text 6", "text 7", "T8 text 8"}
+    with pytest.raises(ValueError, match="positive's score"):
+        build_retrieval_examples(queries, corpus, qrels, negatives, n_negatives=1, seed=3,
+                                 source="bm25", sampler={"name": "simans"})
+    with pytest.raises(ValueError, match="unknown sampler"):
+        build_retrieval_examples(queries, corpus, qrels, negatives, n_negatives=1, seed=3,
+                                 sampler={"name": "hardest"})
