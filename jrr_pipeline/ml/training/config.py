@@ -48,6 +48,11 @@ class TrainConfig:
                   "'classifier.*'): a random 384->1 head at lr 2e-5 barely moves in 100 steps, so "
                   "the listwise loss sits at ln(n) while the encoder waits for it."},
     )
+    module_lr_multipliers: dict = field(
+        default_factory=dict,
+        metadata={"help": "lr factor per task module, e.g. {\"reranker\": 2.0} in joint training "
+                  "(separate learning rates for the two models)."},
+    )
     seed: int = field(
         default=42, metadata={"help": "Seed of the data order and of the python/numpy/torch RNGs."}
     )

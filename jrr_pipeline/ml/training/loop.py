@@ -208,7 +208,7 @@ def _train(
         for module in modules.values():
             enable_gradient_checkpointing(module)
     optimizer = build_optimizer(container.named_parameters(), config.lr, config.weight_decay,
-                                config.head_lr_multiplier)
+                                config.head_lr_multiplier, config.module_lr_multipliers)
     scheduler = build_scheduler(optimizer, total, config.warmup_ratio)
 
     resumed_from: int | None = None

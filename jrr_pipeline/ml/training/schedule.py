@@ -75,19 +75,27 @@ HEAD_PREFIXES = ("classifier.",)
 
 def build_optimizer(
     named_parameters: Iterable[tuple[str, nn.Parameter]], lr: float, weight_decay: float,
-    head_lr_multiplier: float = 1.0,
+    head_lr_multiplier: float = 1.0, module_lr_multipliers: dict[str, float] | None = None,
 ) -> torch.optim.AdamW:
-    """AdamW without weight decay on biases and LayerNorm weights; new heads at lr * multiplier."""
-    named = list(named_parameters)
-    is_head = [_is_head(name) for name, _ in named]
-    groups = parameter_groups([p for p, h in zip(named, is_head, strict=True) if not h], weight_decay)
-    if head_lr_multiplier != 1.0:
-        for group in parameter_groups([p for p, h in zip(named, is_head, strict=True) if h],
-                                      weight_decay):
-            groups.append({**group, "lr": lr * head_lr_multiplier})
-    else:
-        groups += parameter_groups([p for p, h in zip(named, is_head, strict=True) if h], weight_decay)
-    groups = [g for g in groups if g["params"]]
+    """AdamW without weight decay on biases and LayerNorm weights.
+
+    A parameter's lr is ``lr * head_lr_multiplier`` (new heads) ``* module_lr_multipliers[m]``
+    where ``m`` is the task module it belongs to (e.g. ``{"reranker": 2.0}`` in joint training).
+    """
+    modules = module_lr_multipliers or {}
+    by_factor: dict[float, list[tuple[str, nn.Parameter]]] = {}
+    for name, param in named_parameters:
+        factor = head_lr_multiplier if _is_head(name) else 1.0
+        for module, mult in modules.items():
+            if name.startswith(f"{module}.") or f".{module}." in f".{name}":
+                factor *= mult
+                break
+        by_factor.setdefault(factor, []).append((name, param))
+    groups = []
+    for factor, named in by_factor.items():
+        for group in parameter_groups(named, weight_decay):
+            if group["params"]:
+                groups.append({**group, "lr": lr * factor} if factor != 1.0 else group)
     if not groups:
         raise ValueError("no trainable parameters: every parameter has requires_grad=False")
     return torch.optim.AdamW(groups, lr=lr)

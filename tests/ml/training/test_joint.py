@@ -1,0 +1,115 @@
+"""RocketQAv2 joint training on a tiny BERT: both models learn (dynamic), the teacher stays fixed
+(static), separate learning rates reach each model, lists are built from the candidates table."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+import torch
+
+from jrr_pipeline.ml.modeling import (
+    CrossEncoderReranker,
+    DenseRetriever,
+    RerankerConfig,
+    RetrieverConfig,
+)
+from jrr_pipeline.ml.training import TrainConfig, train
+from jrr_pipeline.ml.training.joint import CandidateList, RocketQAv2Task, build_candidate_lists
+
+WORDS = ["apple", "river", "music", "window", "garden", "doctor", "planet", "winter"]
+OTHERS = ["stone", "cloud", "paper", "glass", "metal", "sugar"]
+
+
+def lists(length: int = 4) -> list[CandidateList]:
+    return [CandidateList(w, (f"{w} {w} {w}", *(f"{o} {o}" for o in
+                                                  [OTHERS[(i + k) % len(OTHERS)] for k in range(length - 1)])))
+            for i, w in enumerate(WORDS)]
+
+
+def models(tiny_model_dir):
+    torch.manual_seed(0)
+    retriever = DenseRetriever.from_pretrained(
+        str(tiny_model_dir), RetrieverConfig(query_max_length=8, passage_max_length=12))
+    reranker = CrossEncoderReranker.from_pretrained(str(tiny_model_dir), RerankerConfig(max_length=20))
+    return retriever, reranker
+
+
+def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def changed(before: dict, module: torch.nn.Module) -> bool:
+    return any(not torch.equal(before[k], v) for k, v in module.state_dict().items())
+
+
+def eval_loss(task, batch) -> tuple[float, float]:
+    for m in (task.retriever, task.reranker):
+        m.eval()
+    with torch.no_grad():
+        _, metrics = task.loss(batch)
+    return metrics["kl"], metrics["ce_loss"]
+
+
+def test_dynamic_joint_training_trains_both_and_saves_both(tiny_model_dir, tmp_path):
+    retriever, reranker = models(tiny_model_dir)
+    task = RocketQAv2Task(retriever, reranker, mode="dynamic")
+    r0, c0 = snapshot(retriever), snapshot(reranker)
+    data = lists()
+    _, ce_before = eval_loss(task, data)
+    cfg = TrainConfig(epochs=12, batch_size=4, lr=3e-3, warmup_ratio=0.1, seed=0, log_every=4,
+                      head_lr_multiplier=3.0)
+    result = train(task, data, cfg, tmp_path / "joint", progress=False)
+    _, ce_after = eval_loss(task, data)
+    assert changed(r0, retriever) and changed(c0, reranker)
+    assert ce_after < 0.5 * ce_before, (ce_before, ce_after)
+    assert {"kl", "ce_loss", "retriever_acc", "reranker_acc"} <= set(result.history[-1][1])
+    assert DenseRetriever.from_pretrained(str(tmp_path / "joint" / "retriever")) is not None
+    assert CrossEncoderReranker.from_pretrained(str(tmp_path / "joint" / "reranker")) is not None
+
+
+def test_static_distillation_leaves_the_teacher_untouched(tiny_model_dir, tmp_path):
+    retriever, reranker = models(tiny_model_dir)
+    task = RocketQAv2Task(retriever, reranker, mode="static")
+    assert set(task.modules()) == {"retriever"}
+    r0, c0 = snapshot(retriever), snapshot(reranker)
+    kl_before, _ = eval_loss(task, lists())
+    cfg = TrainConfig(epochs=8, batch_size=4, lr=3e-3, seed=0, log_every=4)
+    train(task, lists(), cfg, tmp_path / "static", progress=False)
+    kl_after, _ = eval_loss(task, lists())
+    assert changed(r0, retriever) and not changed(c0, reranker)
+    assert kl_after < kl_before
+
+
+def test_separate_learning_rates(tiny_model_dir, tmp_path):
+    retriever, reranker = models(tiny_model_dir)
+    task = RocketQAv2Task(retriever, reranker)
+    r0, c0 = snapshot(retriever), snapshot(reranker)
+    cfg = TrainConfig(max_steps=2, batch_size=4, lr=1e-3, seed=0,
+                      module_lr_multipliers={"reranker": 0.0})
+    train(task, lists(), cfg, tmp_path / "lr", progress=False)
+    assert changed(r0, retriever)
+    # AdamW's weight decay also scales with lr, so an lr of 0 leaves every reranker weight as it was
+    assert not changed(c0, reranker)
+
+
+def test_lists_from_the_candidates_table():
+    queries = pl.DataFrame({"query_id": ["q1", "q2", "q3"], "text": ["one", "two", "three"]})
+    corpus = pl.DataFrame({"doc_id": [f"d{i}" for i in range(6)], "title": [""] * 6,
+                           "text": [f"t{i}" for i in range(6)]})
+    candidates = pl.DataFrame({
+        "query_id": ["q1", "q1", "q1", "q2", "q2", "q3", "q3", "q3"],
+        "doc_id": ["d1", "d0", "d2", "d3", "d4", "d5", "d0", "d1"],
+        "label": [0, 1, 0, 1, 0, 0, 0, 0],
+        "source": ["raw:bm25", "qrels", "denoised:dense", "qrels", "raw:dense", "raw:bm25",
+                   "raw:bm25", "raw:bm25"],
+        "ce_score": [0.0] * 8,
+    })
+    out = build_candidate_lists(queries, corpus, candidates, list_length=3)
+    # q1: positive first, negatives in table order; q2 too short; q3 has no positive
+    assert out == [CandidateList("one", ("t0", "t1", "t2"))]
+
+
+def test_mixed_lengths_in_a_batch_are_an_error(tiny_model_dir):
+    task = RocketQAv2Task(*models(tiny_model_dir))
+    with pytest.raises(ValueError, match="different lengths"):
+        task.loss([CandidateList("a", ("b", "c")), CandidateList("d", ("e",))])
