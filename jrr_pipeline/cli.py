@@ -49,6 +49,14 @@ def main(argv: list[str] | None = None) -> int:
     cands.add_argument("query_id", help="a train query id (see the candidates table)")
     cands.add_argument("--width", type=int, default=90, help="characters of passage text shown")
 
+    find = sub.add_parser("search", help="answer queries from the latest index (optionally reranked)")
+    find.add_argument("queries", nargs="+", help="query texts (models load once for all of them)")
+    find.add_argument("--dataset", default=None, help="dataset name (default: the latest report's)")
+    find.add_argument("--k", type=int, default=10, help="hits per query (default 10)")
+    find.add_argument("--rerank", action="store_true", help="rescore the top --depth with the reranker")
+    find.add_argument("--depth", type=int, default=20, help="candidates reranked (default 20)")
+    find.add_argument("--json", action="store_true", help="print hits and timings as JSON lines")
+
     ui = sub.add_parser("ui", help="Dagster webserver + daemon on 127.0.0.1 (Ctrl-C stops both)")
     ui.add_argument("data_dir", help="dataset directory the code location materializes")
     ui.add_argument("--preset", choices=PRESET_NAMES, default="cpu", help="config defaults (default: cpu)")
@@ -64,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(args)
         if args.command == "lineage":
             return cmd_lineage(args)
+        if args.command == "search":
+            return cmd_search(args)
         if args.command == "candidates":
             return cmd_candidates(args)
         if args.command == "ui":
@@ -106,6 +116,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     if report and report.exists():
         print(f"report: {report}")
         print(_table(json.loads(report.read_text())))
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from jrr_pipeline.resources import ArtifactStore, Warehouse
+    from jrr_pipeline.search import Searcher
+
+    dataset = args.dataset or latest_report(None).parent.name
+    started = time.perf_counter()
+    searcher = Searcher(ArtifactStore().path(dataset, ""), Warehouse(), rerank=args.rerank,
+                        rerank_depth=args.depth)
+    load_s = time.perf_counter() - started
+    if not args.json:
+        print(f"{dataset}: {searcher.stage} models and index loaded in {load_s:.1f}s")
+    for query in args.queries:
+        hits, timings = searcher.search(query, k=args.k)
+        if args.json:
+            print(json.dumps({"query": query, "hits": [h.__dict__ for h in hits],
+                              "timings_ms": {k: round(v, 2) for k, v in timings.items()}}))
+            continue
+        parts = ", ".join(f"{k.removesuffix('_ms')} {v:.1f}" for k, v in timings.items())
+        print(f"\n{query}  ({parts} ms)")
+        for rank, hit in enumerate(hits, start=1):
+            text = " ".join(f"{hit.title} {hit.text}".split())
+            print(f"{rank:>3}. {hit.score:8.3f}  {hit.doc_id:<12} {text[:100]}")
     return 0
 
 

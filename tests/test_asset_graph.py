@@ -158,6 +158,14 @@ def test_full_graph_then_noop_then_one_stale_branch(beir_dir, jrr_env, instance,
     assert out.startswith(f"query {query_id}: ") and out.count("\npos ") >= 1 and out.count("\nneg ") == 3
     assert main(["candidates", "no-such-query"]) == 2
 
+    test_qid, positive = (data / "qrels" / "test.tsv").read_text().splitlines()[1].split("\t")[:2]
+    query = next(json.loads(line)["text"] for line in (data / "queries.jsonl").read_text().splitlines()
+                 if json.loads(line)["_id"] == test_qid)
+    assert main(["search", query, "--dataset", "toyset", "--k", "20", "--rerank", "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(answer["hits"]) == 20 and positive in [h["doc_id"] for h in answer["hits"]]
+    assert set(answer["timings_ms"]) == {"encode_ms", "search_ms", "rerank_ms", "total_ms"}
+
 
 def _break_corpus_json(d: Path) -> None:
     lines = (d / "corpus.jsonl").read_text().splitlines()
