@@ -166,6 +166,17 @@ def test_full_graph_then_noop_then_one_stale_branch(beir_dir, jrr_env, instance,
     assert len(answer["hits"]) == 20 and positive in [h["doc_id"] for h in answer["hits"]]
     assert set(answer["timings_ms"]) == {"encode_ms", "search_ms", "rerank_ms", "total_ms"}
 
+    # lists longer than the retrieved pool: a warning with counts, not a failed run
+    from dagster import DagsterInstance
+
+    with DagsterInstance.get() as cli_instance:
+        long_lists = run_pipeline(str(data), preset="ci", select="denoised_candidates", echo=None,
+                                  instance=cli_instance,
+                                  settings={"denoised_candidates": {"list_length": 30}})
+    assert long_lists.success, long_lists.failure
+    assert long_lists.checks["denoised_candidates:candidates_list_length"] is False
+    assert long_lists.checks["denoised_candidates:candidates_exclude_positives"] is True
+
 
 def _break_corpus_json(d: Path) -> None:
     lines = (d / "corpus.jsonl").read_text().splitlines()

@@ -181,9 +181,9 @@ def candidates_list_length(context: AssetCheckExecutionContext,
     event = context.instance.get_latest_materialization_event(AssetKey("denoised_candidates"))
     metadata = event.asset_materialization.metadata if event else {}
     target = int(metadata["list_length"].value) - 1 if "list_length" in metadata else None
-    sizes = warehouse.query(
-        "SELECT query_id, sum(CASE WHEN label = 0 THEN 1 ELSE 0 END) AS negatives "
-        "FROM candidates GROUP BY query_id")
+    sizes = warehouse.query(  # count() is BIGINT; sum() would be a DECIMAL that JSON cannot hold
+        "SELECT query_id, count(*) FILTER (WHERE label = 0) AS negatives "
+        "FROM candidates GROUP BY query_id ORDER BY query_id")
     if sizes.height == 0 or target is None:
         return AssetCheckResult(passed=False, metadata={"queries": sizes.height})
     short = sizes.filter(pl.col("negatives") < target)
@@ -192,7 +192,8 @@ def candidates_list_length(context: AssetCheckExecutionContext,
         metadata={"queries": sizes.height, "negatives_per_list": target,
                   "short_lists": short.height,
                   "missing_negatives": int((target - short["negatives"]).sum()) if short.height else 0,
-                  "short_sample": MetadataValue.json([list(r) for r in short.head(10).iter_rows()])})
+                  "short_sample": MetadataValue.json(
+                      {str(q): int(n) for q, n in short.head(10).iter_rows()})})
 
 
 CANDIDATES_CHECKS = [candidates_exclude_positives, candidates_list_length]
