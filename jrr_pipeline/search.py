@@ -29,7 +29,7 @@ class Hit:
 
 class Searcher:
     def __init__(self, artifacts_dir: Path, warehouse, rerank: bool = False,
-                 rerank_depth: int = 20) -> None:
+                 rerank_depth: int = 20, fusion_weight: float = 0.5) -> None:
         from jrr_pipeline.ml.index import load_index
         from jrr_pipeline.ml.modeling import CrossEncoderReranker, DenseRetriever
 
@@ -46,11 +46,15 @@ class Searcher:
                 raise FileNotFoundError(f"{artifacts_dir / reranker_dir}: no reranker to rerank with")
             self.reranker = CrossEncoderReranker.from_pretrained(str(artifacts_dir / reranker_dir)).eval()
         self.rerank_depth = rerank_depth
+        self.fusion_weight = fusion_weight  # as evaluation_report's rerank_fusion_weight
         corpus = warehouse.query("SELECT doc_id, title, text FROM corpus")
         self.docs = {d: (t or "", x or "") for d, t, x in corpus.iter_rows()}
 
     def search(self, query: str, k: int = 10) -> tuple[list[Hit], dict[str, float]]:
         """Top-``k`` hits and the time of each part in milliseconds."""
+        import numpy as np
+
+        from jrr_pipeline.ml.fusion import fuse
         from jrr_pipeline.ml.index import search
         from jrr_pipeline.ml.training.warmup import passage_text
 
@@ -67,7 +71,8 @@ class Searcher:
             started = time.perf_counter()
             pairs = [(query, passage_text(*self.docs[d])) for d, _ in ranked]
             rescored = self.reranker.predict(pairs, batch_size=len(pairs) or 1)
-            ranked = sorted(zip((d for d, _ in ranked), rescored.tolist(), strict=True),
+            mixed = fuse(rescored, np.array([s for _, s in ranked]), self.fusion_weight)
+            ranked = sorted(zip((d for d, _ in ranked), mixed.tolist(), strict=True),
                             key=lambda x: -x[1])
             timings["rerank_ms"] = (time.perf_counter() - started) * 1000
         timings["total_ms"] = sum(timings.values())

@@ -54,6 +54,8 @@ def test_full_graph_then_noop_then_one_stale_branch(beir_dir, jrr_env, instance,
     assert bm25["R@1"] <= bm25["R@10"] <= bm25["R@100"]
     dense = report["systems"]["warmup_retriever"]
     reranked = report["systems"]["warmup_retriever+reranker"]
+    alone = report["systems"]["warmup_retriever+reranker_ce_only"]
+    assert alone["R@10"] == pytest.approx(reranked["R@10"])  # same top-10 pool, other order
     print("toyset nDCG@10", bm25["nDCG@10"], dense["nDCG@10"], reranked["nDCG@10"])
     assert dense["nDCG@10"] > 0.3  # MiniLM after two ci steps still matches topic words
     assert 0.0 < reranked["nDCG@10"] <= 1.0

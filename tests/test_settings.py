@@ -38,9 +38,9 @@ def test_settings_file_and_merge(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 def test_one_reranker_setting_changes_only_the_reranker_code_version():
     base = code_versions({})
-    changed = code_versions({"warmup_reranker": {"lr": 1e-4}})
+    changed = code_versions({"warmup_reranker": {"lr": 3e-4}})
     assert {k for k in base if base[k] != changed[k]} == {"warmup_reranker"}
-    graph = build_definitions("ci", "", {"warmup_reranker": {"lr": 1e-4}}).resolve_asset_graph()
+    graph = build_definitions("ci", "", {"warmup_reranker": {"lr": 3e-4}}).resolve_asset_graph()
     assert graph.get(AssetKey("warmup_reranker")).code_version == changed["warmup_reranker"]
 
 

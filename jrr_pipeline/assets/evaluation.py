@@ -21,6 +21,9 @@ class EvaluationConfig(Config):
     rerank_depth: int = Field(
         default=30, description="top-k of the retriever the reranker rescores (gpu preset: 100)")
     rerank_batch_size: int = Field(default=64, description="query-passage pairs per reranker batch")
+    rerank_fusion_weight: float = Field(
+        default=0.5, description="reranking score = w * z(reranker) + (1 - w) * z(retriever) per query "
+                                 "(1.0 = reranker alone; that row is also reported as *_ce_only)")
     bm25_threads: int = Field(default=1, description="bm25s search threads")
 
 
@@ -55,9 +58,15 @@ def dense_run(artifacts: ArtifactStore, dataset: str, retriever_asset: str, inde
 
 def rerank_run(artifacts: ArtifactStore, dataset: str, reranker_asset: str, warehouse: Warehouse,
                first_stage: dict[str, dict[str, float]], texts: dict[str, str], depth: int,
-               batch_size: int, compute: Compute) -> dict[str, dict[str, float]]:
-    """Rescore each query's top-``depth`` of ``first_stage`` with the cross-encoder."""
+               batch_size: int, compute: Compute, fusion_weight: float = 1.0,
+               ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """Rescore each query's top-``depth`` of ``first_stage`` with the cross-encoder.
+
+    Returns (fused run, reranker-only run); see ``jrr_pipeline.ml.fusion``."""
+    import numpy as np
+
     from jrr_pipeline.assets.dense import autocast_dtype
+    from jrr_pipeline.ml.fusion import fuse
     from jrr_pipeline.ml.index import passage_texts
     from jrr_pipeline.ml.modeling import CrossEncoderReranker
 
@@ -65,17 +74,24 @@ def rerank_run(artifacts: ArtifactStore, dataset: str, reranker_asset: str, ware
     reranker = reranker.to(compute.torch_device()).eval()
     corpus = warehouse.table("corpus")
     passages = dict(zip(corpus["doc_id"].to_list(), passage_texts(corpus), strict=True))
-    pairs, keys = [], []
+    pairs, keys, first = [], [], []
     for qid, docs in first_stage.items():
-        for did, _score in sorted(docs.items(), key=lambda kv: -kv[1])[:depth]:
+        for did, score in sorted(docs.items(), key=lambda kv: -kv[1])[:depth]:
             pairs.append((texts[qid], passages[did]))
             keys.append((qid, did))
+            first.append(score)
     scores = reranker.predict(pairs, batch_size=batch_size, progress=True,
                               autocast_dtype=autocast_dtype(compute))
-    run: dict[str, dict[str, float]] = {}
-    for (qid, did), score in zip(keys, scores, strict=True):
-        run.setdefault(qid, {})[did] = float(score)
-    return run
+    alone: dict[str, dict[str, float]] = {}
+    first_of: dict[str, list[float]] = {}
+    for (qid, did), score, base in zip(keys, scores, first, strict=True):
+        alone.setdefault(qid, {})[did] = float(score)
+        first_of.setdefault(qid, []).append(base)
+    fused = {}
+    for qid, docs in alone.items():
+        mixed = fuse(np.array(list(docs.values())), np.array(first_of[qid]), fusion_weight)
+        fused[qid] = {did: float(v) for did, v in zip(docs, mixed, strict=True)}
+    return fused, alone
 
 
 def _query_texts(warehouse: Warehouse, query_ids: list[str]) -> list[str]:
@@ -135,7 +151,8 @@ def build_evaluation_assets(preset: str) -> list:
                 compute)),
             "warmup_retriever+reranker": (("warmup_reranker",), lambda: rerank_run(
                 artifacts, name, "warmup_reranker", warehouse, runs["warmup_retriever"], text_of,
-                config.rerank_depth, config.rerank_batch_size, compute)),
+                config.rerank_depth, config.rerank_batch_size, compute,
+                config.rerank_fusion_weight)),
         }
         with compute.claim(f"evaluation_report ({context.run.run_id[:8]})", on_wait=context.log.warning):
             for system, (needs, make_run) in systems_to_run.items():
@@ -144,7 +161,11 @@ def build_evaluation_assets(preset: str) -> list:
                     context.log.warning(f"{system}: skipped, no artifact {missing} yet")
                     continue
                 started = time.perf_counter()
-                runs[system] = make_run()
+                result = make_run()
+                if isinstance(result, tuple):  # a reranking: (fused, reranker alone)
+                    runs[system], runs[f"{system}_ce_only"] = result
+                else:
+                    runs[system] = result
                 timings[system] = time.perf_counter() - started
                 context.log.info(f"{system}: {len(query_ids)} {split} queries in {timings[system]:.1f}s")
 
