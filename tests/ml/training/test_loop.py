@@ -179,6 +179,8 @@ def test_every_config_field_has_a_default_and_help() -> None:
         "max_grad_norm", "bf16", "gradient_checkpointing", "seed", "checkpoint_every",
         "log_every", "num_workers"}
     for f in fields:
-        assert f.default is not dataclasses.MISSING, f.name
+        has_default = (f.default is not dataclasses.MISSING
+                       or f.default_factory is not dataclasses.MISSING)
+        assert has_default, f.name
         assert f.metadata.get("help"), f.name
     assert TrainConfig.from_dict(TrainConfig().to_dict()) == TrainConfig()
