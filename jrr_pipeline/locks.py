@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 DEFAULT_TIMEOUT_S = float(os.environ.get("JRR_LOCK_TIMEOUT_S", "3600"))
+_held: dict[str, int] = {}  # resolved lock path -> depth, for re-entry within this process
 
 
 class ResourceBusyError(RuntimeError):
@@ -86,5 +87,3 @@ def exclusive(lock_path: Path, what: str, timeout_s: float | None = None,
     finally:
         handle.close()
 
-
-_held: dict[str, int] = {}

@@ -129,7 +129,7 @@ def _denoised_candidates(context, config, warehouse, artifacts, dataset, compute
         import mlflow
 
         tracking.log_dataset_input(name, str(dataset.directory), dataset.content_hashes())
-        mlflow.log_params({k: v for k, v in config.model_dump().items()})
+        mlflow.log_params(config.model_dump())
         mlflow.log_metrics({k: float(v) for k, v in stats.items() if isinstance(v, (int, float))})
         mlflow.log_artifact(str(plot))
         run_id = run.info.run_id

@@ -144,15 +144,16 @@ def build_evaluation_assets(preset: str) -> list:
         texts = _query_texts(warehouse, query_ids)
         text_of = dict(zip(query_ids, texts, strict=True))
         systems_to_run = {
-            "bm25": (("bm25_index",), lambda: bm25_run(
-                warehouse, artifacts, name, query_ids, config.depth, config.bm25_threads)),
-            "warmup_retriever": (("warmup_retriever", WARMUP_INDEX), lambda: dense_run(
-                artifacts, name, "warmup_retriever", WARMUP_INDEX, texts, query_ids, config.depth,
-                compute)),
-            "warmup_retriever+reranker": (("warmup_reranker",), lambda: rerank_run(
-                artifacts, name, "warmup_reranker", warehouse, runs["warmup_retriever"], text_of,
-                config.rerank_depth, config.rerank_batch_size, compute,
-                config.rerank_fusion_weight)),
+            "bm25": (("bm25_index",), lambda: {"bm25": bm25_run(
+                warehouse, artifacts, name, query_ids, config.depth, config.bm25_threads)}),
+            "warmup_retriever": (("warmup_retriever", WARMUP_INDEX), lambda: {
+                "warmup_retriever": dense_run(artifacts, name, "warmup_retriever", WARMUP_INDEX,
+                                              texts, query_ids, config.depth, compute)}),
+            "warmup_retriever+reranker": (("warmup_reranker",), lambda: dict(zip(
+                ("warmup_retriever+reranker", "warmup_retriever+reranker_ce_only"),
+                rerank_run(artifacts, name, "warmup_reranker", warehouse, runs["warmup_retriever"],
+                           text_of, config.rerank_depth, config.rerank_batch_size, compute,
+                           config.rerank_fusion_weight), strict=True))),
         }
         with compute.claim(f"evaluation_report ({context.run.run_id[:8]})", on_wait=context.log.warning):
             for system, (needs, make_run) in systems_to_run.items():
@@ -161,11 +162,7 @@ def build_evaluation_assets(preset: str) -> list:
                     context.log.warning(f"{system}: skipped, no artifact {missing} yet")
                     continue
                 started = time.perf_counter()
-                result = make_run()
-                if isinstance(result, tuple):  # a reranking: (fused, reranker alone)
-                    runs[system], runs[f"{system}_ce_only"] = result
-                else:
-                    runs[system] = result
+                runs.update(make_run())
                 timings[system] = time.perf_counter() - started
                 context.log.info(f"{system}: {len(query_ids)} {split} queries in {timings[system]:.1f}s")
 
