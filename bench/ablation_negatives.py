@@ -140,7 +140,7 @@ def main() -> None:
     for variant in args.variants.split(","):
         negatives = negatives_for(variant, warehouse, home, args.dataset, cfg.n_negatives, cfg.seed,
                                   args.simans_a, args.simans_b)
-        rows.append(train_and_evaluate(variant, negatives, warehouse, Path(args.work), base))
+        rows.append(train_and_evaluate(variant, negatives, warehouse, Path(args.work).resolve(), base))
         print(rows[-1], flush=True)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(rows, indent=2))

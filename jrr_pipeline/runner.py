@@ -93,10 +93,12 @@ def _run_pipeline(data_dir, preset, select, stale_only, dataset_name, run_config
     done: set[AssetKey] = set()
     # A stale asset's new data version is only known once it has run, so its downstream assets turn
     # stale one round later (or not at all, when the content did not change): repeat to a fixpoint.
+    runs_of: dict[AssetKey, int] = {}
     for _round in range(len(selected)):
         if stale_only:
-            status = stale_or_missing(defs, instance, selected - done)
-            todo = {k for k, s in status.items() if s != "FRESH"}
+            status = stale_or_missing(defs, instance, selected)
+            # an asset that ran twice and is still stale would only loop (should not happen)
+            todo = {k for k, s in status.items() if s != "FRESH" and runs_of.get(k, 0) < 2}
         else:
             todo = selected - done
         if not todo:
@@ -109,6 +111,7 @@ def _run_pipeline(data_dir, preset, select, stale_only, dataset_name, run_config
             outcome.downstream = sorted(k.to_user_string() for k in below - todo)
             outcome.fresh = sorted(k.to_user_string() for k in selected - below)
             return outcome
+        todo = _ready(graph, todo, selected)
         names = sorted(k.to_user_string() for k in todo)
         say(f"materializing {len(names)} of {len(selected)} assets ({preset} preset): {', '.join(names)}")
         result = job.execute_in_process(
@@ -122,6 +125,8 @@ def _run_pipeline(data_dir, preset, select, stale_only, dataset_name, run_config
         outcome.run_id = result.run_id
         materialized = {e.asset_key for e in result.get_asset_materialization_events()}
         done |= materialized
+        for key in materialized:
+            runs_of[key] = runs_of.get(key, 0) + 1
         for evaluation in result.get_asset_check_evaluations():
             key = f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name}"
             outcome.checks[key] = evaluation.passed
@@ -134,6 +139,20 @@ def _run_pipeline(data_dir, preset, select, stale_only, dataset_name, run_config
     outcome.materialized = sorted(k.to_user_string() for k in done)
     outcome.fresh = sorted(k.to_user_string() for k in selected - done)
     return outcome
+
+
+def _ready(graph, todo: set, selected: set) -> set:
+    """The stale assets to run now: those with no ancestor that is not stale yet but may change
+    in this round (it lies below a stale asset). The others wait for the next round, so an asset
+    never runs before an input that is about to move (e.g. the report before the joint index)."""
+    from dagster import AssetSelection
+
+    maybe = (AssetSelection.assets(*todo).downstream().resolve(graph) & selected) - todo
+    ready = {k for k in todo
+             if not (AssetSelection.assets(k).upstream().resolve(graph) - {k}) & maybe}
+    if not ready:
+        return todo
+    return AssetSelection.assets(*ready).required_multi_asset_neighbors().resolve(graph) & todo
 
 
 def reap_dead_cli_runs(instance) -> list[str]:

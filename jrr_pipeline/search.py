@@ -14,7 +14,7 @@ from pathlib import Path
 
 # (retriever checkpoint, index, reranker checkpoint), newest stage first
 STAGES = (
-    ("joint_models/retriever", "faiss_index", "joint_models/reranker"),
+    ("joint_retriever", "faiss_index", "joint_reranker"),
     ("warmup_retriever", "warmup_index", "warmup_reranker"),
 )
 

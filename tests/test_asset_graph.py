@@ -16,9 +16,10 @@ from jrr_pipeline.pipeline import build_definitions
 from jrr_pipeline.runner import run_pipeline
 from jrr_pipeline.staleness import stale_or_missing
 
+JOINT = {"joint_retriever", "joint_reranker", "faiss_index", "evaluation_report"}
 ALL_ASSETS = {"corpus", "queries", "qrels", "bm25_index", "bm25_negatives", "warmup_retriever",
-              "warmup_reranker", "dense_negatives", "denoised_candidates", "evaluation_report"}
-RERANKER_DOWNSTREAM = {"warmup_reranker", "denoised_candidates", "evaluation_report"}
+              "warmup_reranker", "dense_negatives", "denoised_candidates"} | JOINT
+RERANKER_DOWNSTREAM = {"warmup_reranker", "denoised_candidates"} | JOINT
 
 
 @pytest.fixture
@@ -60,6 +61,14 @@ def test_full_graph_then_noop_then_one_stale_branch(beir_dir, jrr_env, instance,
     assert dense["nDCG@10"] > 0.3  # MiniLM after two ci steps still matches topic words
     assert 0.0 < reranked["nDCG@10"] <= 1.0
     assert reranked["R@20"] <= dense["R@20"] + 1e-9  # reranking top-10 cannot add documents
+    joint = report["systems"]["joint_retriever"]
+    assert 0.0 < joint["nDCG@10"] <= 1.0 and "joint_retriever+reranker" in report["systems"]
+    counts = report["win_loss"]["joint_retriever"]
+    assert counts["wins"] + counts["losses"] + counts["ties"] == report["num_queries"]
+    assert report["win_loss_baseline"] == "warmup_retriever"
+    assert first.checks["faiss_index:faiss_index_matches_corpus"]
+    assert "| joint_retriever |" in (first.report_path.parent / "evaluation.md").read_text()
+    assert (first.report_path.parent / "recall_curve.png").stat().st_size > 5000
     assert (first.report_path.parent / "evaluation.md").read_text().count("bm25") >= 1
     assert any(p.suffix == ".png" for p in first.report_path.parent.iterdir())
 
@@ -120,17 +129,40 @@ def test_full_graph_then_noop_then_one_stale_branch(beir_dir, jrr_env, instance,
     dry = run_pipeline(str(data), preset="ci", echo=None, instance=instance, settings=settings,
                        dry_run=True)
     assert dry.stale == ["warmup_reranker"] and dry.materialized == []
-    assert dry.downstream == ["denoised_candidates", "evaluation_report"]
+    assert dry.downstream == sorted(RERANKER_DOWNSTREAM - {"warmup_reranker"})
     fourth = run_pipeline(str(data), preset="ci", echo=None, instance=instance, settings=settings)
     assert fourth.success, fourth.failure
     assert set(fourth.materialized) == RERANKER_DOWNSTREAM
+
+    # AR2 instead of RocketQAv2: only the joint models and what reads them re-run; one MLflow
+    # parent run with a nested run per iteration (the second one evaluated its index refresh)
+    ar2 = run_pipeline(str(data), preset="ci", echo=None, instance=instance,
+                       settings={**settings, "joint_models": {"method": "ar2"}})
+    assert ar2.success, ar2.failure
+    assert set(ar2.materialized) == JOINT
+    ar2_report = json.loads(ar2.report_path.read_text())
+    assert 0.0 < ar2_report["systems"]["joint_retriever"]["nDCG@10"] <= 1.0
+    version = mlflow.MlflowClient().get_model_version("jrr-toyset-joint_retriever", "4")
+    parent = mlflow.get_run(version.run_id)
+    assert parent.data.tags["method"] == "ar2"
+    assert parent.data.tags["dagster.asset_key"] == "joint_reranker,joint_retriever"
+    assert "dagster.input_data_version.denoised_candidates" in parent.data.tags
+    children = mlflow.search_runs(experiment_ids=[parent.info.experiment_id], output_format="list",
+                                  filter_string=f"tags.mlflow.parentRunId = '{version.run_id}'")
+    assert sorted(c.data.tags["ar2.iteration"] for c in children) == ["0", "1"]
+    refreshed = next(c for c in children if c.data.tags["ar2.iteration"] == "1")
+    assert 0.0 <= refreshed.data.metrics["refresh.eval_nDCG_at_10"] <= 1.0
+    assert "retriever.adversarial" in parent.data.metrics
 
     # lineage: registered model -> MLflow run -> negatives -> tables -> the dataset files
     uri = f"sqlite:///{jrr_env / 'mlflow.db'}"
     tree = model_lineage("jrr-toyset-warmup_retriever", uri, instance)
     text = "\n".join(tree.render())
     assert "jrr-toyset-warmup_retriever version 2" in text  # first run, then the edited query
-    assert f"dagster run: {third.run_id}" in text
+    import re
+
+    made_by = set(re.findall(r"dagster run: ([0-9a-f-]{36})", text.split("<- [asset]")[0]))
+    assert made_by and all(instance.get_run_by_id(r) is not None for r in made_by)
     for asset in ("bm25_negatives", "corpus", "queries", "qrels", "dataset_files"):
         assert f"{asset} data version" in text, asset
     queries_sha = hashlib.sha256((data / "queries.jsonl").read_bytes()).hexdigest()

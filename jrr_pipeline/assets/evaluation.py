@@ -107,8 +107,8 @@ def build_evaluation_assets(preset: str) -> list:
         name="evaluation_report",
         group_name=GROUP,
         pool=DEVICE_POOL,
-        deps=["bm25_index", "dense_negatives", "warmup_retriever", "warmup_reranker", "queries",
-              "qrels"],
+        deps=["bm25_index", "dense_negatives", "warmup_retriever", "warmup_reranker", "faiss_index",
+              "joint_retriever", "joint_reranker", "queries", "qrels"],
         code_version=code_version(
             EvalConfig, __name__, "jrr_pipeline.ml.evaluation.metrics",
             "jrr_pipeline.ml.evaluation.report", "jrr_pipeline.ml.index",
@@ -154,11 +154,20 @@ def build_evaluation_assets(preset: str) -> list:
                 rerank_run(artifacts, name, "warmup_reranker", warehouse, runs["warmup_retriever"],
                            text_of, config.rerank_depth, config.rerank_batch_size, compute,
                            config.rerank_fusion_weight), strict=True))),
+            "joint_retriever": (("joint_retriever", "faiss_index"), lambda: {
+                "joint_retriever": dense_run(artifacts, name, "joint_retriever", "faiss_index",
+                                             texts, query_ids, config.depth, compute)}),
+            "joint_retriever+reranker": (("joint_reranker",), lambda: dict(zip(
+                ("joint_retriever+reranker", "joint_retriever+reranker_ce_only"),
+                rerank_run(artifacts, name, "joint_reranker", warehouse, runs["joint_retriever"],
+                           text_of, config.rerank_depth, config.rerank_batch_size, compute,
+                           config.rerank_fusion_weight), strict=True))),
         }
         with compute.claim(f"evaluation_report ({context.run.run_id[:8]})", on_wait=context.log.warning):
             for system, (needs, make_run) in systems_to_run.items():
                 missing = [a for a in needs if not artifacts.path(name, a).exists()]
-                if missing or (system.endswith("+reranker") and "warmup_retriever" not in runs):
+                first_stage = system.split("+")[0]
+                if missing or (system.endswith("+reranker") and first_stage not in runs):
                     context.log.warning(f"{system}: skipped, no artifact {missing} yet")
                     continue
                 started = time.perf_counter()

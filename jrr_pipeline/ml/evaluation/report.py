@@ -96,8 +96,33 @@ def _markdown(
         if isinstance(value, str | int | float | bool)
     ]
     lines += ["", markdown_table(systems, ordered), ""]
+    counts = extra.get("win_loss")
+    if counts:
+        lines += [f"Per-query {extra.get('win_loss_measure', 'nDCG@10')} against "
+                  f"`{extra.get('win_loss_baseline')}`:", "", "| system | wins | losses | ties |",
+                  "|---|---:|---:|---:|"]
+        lines += [f"| {name} | {c['wins']} | {c['losses']} | {c['ties']} |" for name, c in counts.items()]
+        lines.append("")
     lines += [f"![{p.stem}]({p.name})" for p in plot_files]
     return "\n".join(lines) + "\n"
+
+
+def win_loss(per_query: Mapping[str, Mapping[str, float]], baseline: str,
+             tolerance: float = 1e-9) -> dict[str, dict[str, int]]:
+    """{system: {"wins", "losses", "ties"}}: queries where ``system`` scores above / below / equal
+    to ``baseline`` (per-query values of one measure; a query missing from a system counts 0)."""
+    if baseline not in per_query:
+        raise ValueError(f"win_loss: no per-query values for the baseline {baseline!r}")
+    base = per_query[baseline]
+    out = {}
+    for name, values in per_query.items():
+        if name == baseline:
+            continue
+        diffs = [values.get(q, 0.0) - b for q, b in base.items()]
+        out[name] = {"wins": sum(d > tolerance for d in diffs),
+                     "losses": sum(d < -tolerance for d in diffs),
+                     "ties": sum(abs(d) <= tolerance for d in diffs)}
+    return out
 
 
 def write_report(
@@ -110,13 +135,16 @@ def write_report(
     per_query: dict[str, dict[str, float]] | None = None,
     recall_curves: dict[str, dict[int, float]] | None = None,
     per_query_measure: str = "nDCG@10",
+    win_loss_baseline: str | None = "warmup_retriever",
 ) -> dict[str, Any]:
     """Write the report files into `out_dir` and return their paths.
 
     evaluation.json holds exactly {"dataset", "split", "systems", "mlflow_run_id"} plus the keys
     of `extra` (which must be JSON-serialisable and must not reuse those four names).
     `per_query` ({system: {query_id: value of per_query_measure}}) adds per_query.json and a
-    plot; `recall_curves` ({system: {k: R@k}}) adds recall_curve.png.
+    plot and, when `win_loss_baseline` is one of its systems, per-query win / loss / tie counts of
+    every other system against it (JSON "win_loss" and a markdown table);
+    `recall_curves` ({system: {k: R@k}}) adds recall_curve.png.
     Returns {"json": Path, "markdown": Path, "plots": [Path, ...]} (+ "per_query": Path).
     """
     if not systems:
@@ -125,6 +153,9 @@ def write_report(
     clash = sorted(set(extra) & set(BASE_KEYS))
     if clash:
         raise ValueError(f"write_report: extra keys {clash} clash with the report's own keys")
+    if per_query and win_loss_baseline in per_query and len(per_query) > 1:
+        extra.update(win_loss=win_loss(per_query, win_loss_baseline),
+                     win_loss_baseline=win_loss_baseline, win_loss_measure=per_query_measure)
     out_dir = Path(out_dir)
     clean = _clean_systems(systems)
     measures = list(dict.fromkeys(m for v in clean.values() for m in v))

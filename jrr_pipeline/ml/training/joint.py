@@ -30,10 +30,12 @@ MODES = ("dynamic", "static")
 
 @dataclass(frozen=True)
 class CandidateList:
-    """A query and its list, the labelled positive first."""
+    """A query and its list, the labelled positive first (ids kept for refreshes and reports)."""
 
     query: str
     passages: tuple[str, ...]
+    query_id: str = ""
+    doc_ids: tuple[str, ...] = ()
 
 
 def build_candidate_lists(queries: pl.DataFrame, corpus: pl.DataFrame, candidates: pl.DataFrame,
@@ -58,20 +60,55 @@ def build_candidate_lists(queries: pl.DataFrame, corpus: pl.DataFrame, candidate
         negatives = group.filter(pl.col("label") == 0)["doc_id"].to_list()
         docs = [positive, *negatives][:list_length]
         if len(docs) == list_length:
-            lists.append(CandidateList(text[qid], tuple(passages[d] for d in docs)))
+            lists.append(CandidateList(text[qid], tuple(passages[d] for d in docs), qid, tuple(docs)))
     return lists
+
+
+def _list_length(batch: Sequence[CandidateList], owner: str) -> int:
+    size = {len(x.passages) for x in batch}
+    if len(size) != 1:
+        raise ValueError(f"{owner}: lists of different lengths in one batch: {sorted(size)}")
+    return size.pop()
+
+
+def retriever_list_scores(retriever: DenseRetriever, batch: Sequence[CandidateList]) -> Tensor:
+    """s_de over each query's own list, [B, L]."""
+    length = _list_length(batch, "retriever_list_scores")
+    q = retriever.encode_queries(retriever.tokenize_queries([x.query for x in batch]))
+    p = retriever.encode_passages(retriever.tokenize_passages([t for x in batch for t in x.passages]))
+    s_de = torch.einsum("bd,bld->bl", q.float(), p.float().view(len(batch), length, -1))
+    return s_de / retriever.config.temperature
+
+
+def reranker_list_scores(reranker: CrossEncoderReranker, batch: Sequence[CandidateList],
+                         chunk_pairs: int = 0) -> Tensor:
+    """s_ce of every (query, passage) pair of each list, [B, L]; ``chunk_pairs`` > 0 runs the
+    cross-encoder over that many pairs at a time (same result, smaller activation peak at
+    inference; with a graph the chunks' activations are all kept until backward)."""
+    length = _list_length(batch, "reranker_list_scores")
+    pairs_q = [x.query for x in batch for _ in x.passages]
+    pairs_p = [t for x in batch for t in x.passages]
+    size = chunk_pairs if chunk_pairs > 0 else len(pairs_q)
+    parts = [reranker(reranker.tokenize(pairs_q[i:i + size], pairs_p[i:i + size]))
+             for i in range(0, len(pairs_q), size)]
+    return torch.cat(parts).view(len(batch), length)
 
 
 class RocketQAv2Task:
     """The joint task for ``ml.training.train``: modules ``retriever`` and ``reranker``."""
 
     def __init__(self, retriever: DenseRetriever, reranker: CrossEncoderReranker,
-                 mode: str = "dynamic", kl_temperature: float = 1.0) -> None:
+                 mode: str = "dynamic", kl_temperature: float = 1.0, chunk_pairs: int = 0,
+                 serving: dict | None = None, grad_cache_chunk: int = 0) -> None:
         if mode not in MODES:
             raise ValueError(f"RocketQAv2Task: mode must be one of {MODES}, got {mode!r}")
         self.retriever = retriever
         self.reranker = reranker
         self.mode = mode
+        self.chunk_pairs = chunk_pairs
+        self.serving = dict(serving or {})
+        self.grad_cache_chunk = grad_cache_chunk
+        self.backward_done = grad_cache_chunk > 0
         self.ce = ListwiseCELoss()
         self.kl = ListwiseKLLoss(temperature=kl_temperature, detach_teacher=mode == "static")
         if mode == "static":
@@ -84,27 +121,23 @@ class RocketQAv2Task:
 
     def scores(self, batch: Sequence[CandidateList]) -> tuple[Tensor, Tensor]:
         """(s_de, s_ce), each [B, L]."""
-        size = {len(x.passages) for x in batch}
-        if len(size) != 1:
-            raise ValueError(f"RocketQAv2Task: lists of different lengths in one batch: {sorted(size)}")
-        length = size.pop()
-        r = self.retriever
-        q = r.encode_queries(r.tokenize_queries([x.query for x in batch]))
-        p = r.encode_passages(r.tokenize_passages([t for x in batch for t in x.passages]))
-        s_de = torch.einsum("bd,bld->bl", q.float(), p.float().view(len(batch), length, -1))
-        s_de = s_de / r.config.temperature
-        pairs_q = [x.query for x in batch for _ in x.passages]
-        pairs_p = [t for x in batch for t in x.passages]
+        _list_length(batch, "RocketQAv2Task")
+        s_de = retriever_list_scores(self.retriever, batch)
         if self.mode == "static":
             self.reranker.eval()
             with torch.no_grad():
-                s_ce = self.reranker(self.reranker.tokenize(pairs_q, pairs_p))
+                s_ce = reranker_list_scores(self.reranker, batch, self.chunk_pairs)
         else:
-            s_ce = self.reranker(self.reranker.tokenize(pairs_q, pairs_p))
-        return s_de, s_ce.view(len(batch), length)
+            s_ce = reranker_list_scores(self.reranker, batch, self.chunk_pairs)
+        return s_de, s_ce
 
     def loss(self, batch: list[CandidateList]) -> tuple[Tensor, dict[str, float]]:
+        if self.grad_cache_chunk > 0:
+            return self._grad_cache_loss(batch)
         s_de, s_ce = self.scores(batch)
+        return self._combine(s_de, s_ce)
+
+    def _combine(self, s_de: Tensor, s_ce: Tensor) -> tuple[Tensor, dict[str, float]]:
         kl = self.kl(s_de, s_ce)
         ce = self.ce(s_ce)
         total = kl if self.mode == "static" else ce + kl
@@ -114,9 +147,106 @@ class RocketQAv2Task:
                        "reranker_acc": float((s_ce.argmax(1) == 0).float().mean())}
         return total, metrics
 
+    def _grad_cache_loss(self, batch: list[CandidateList]) -> tuple[Tensor, dict[str, float]]:
+        """The same loss and gradients with GradCache: queries, passages and (dynamic) reranker
+        pairs are encoded ``grad_cache_chunk`` at a time, so activation memory is that of one
+        chunk; backward happens here (``backward_done``), the loop only steps the optimizer."""
+        from jrr_pipeline.ml.training.gradcache import Encoder, chunked, grad_cache_backward
+
+        length = _list_length(batch, "RocketQAv2Task")
+        r, n = self.retriever, self.grad_cache_chunk
+        pairs = [(x.query, t) for x in batch for t in x.passages]
+        encoders = [
+            Encoder(lambda c: r.encode_queries(r.tokenize_queries(list(c))),
+                    chunked([x.query for x in batch], n)),
+            Encoder(lambda c: r.encode_passages(r.tokenize_passages(list(c))),
+                    chunked([t for x in batch for t in x.passages], n)),
+        ]
+        fixed_ce = None
+        if self.mode == "static":
+            self.reranker.eval()
+            with torch.no_grad():
+                fixed_ce = reranker_list_scores(self.reranker, batch, n)
+        else:
+            encoders.append(Encoder(
+                lambda c: self.reranker(self.reranker.tokenize([q for q, _ in c], [p for _, p in c]))
+                .view(-1, 1), chunked(pairs, n)))
+        out: dict[str, float] = {}
+
+        def loss_fn(reps: list[Tensor]) -> Tensor:
+            q, p = reps[0], reps[1]
+            s_de = torch.einsum("bd,bld->bl", q.float(), p.float().view(len(batch), length, -1))
+            s_de = s_de / r.config.temperature
+            s_ce = fixed_ce if fixed_ce is not None else reps[2].view(len(batch), length)
+            total, metrics = self._combine(s_de, s_ce)
+            out.update(metrics)
+            return total
+
+        loss = grad_cache_backward(encoders, loss_fn)
+        return loss, out
+
     def save(self, output_dir: Path) -> None:
         """``output_dir/retriever`` and ``output_dir/reranker`` (HF / sentence-transformers folders)."""
-        output_dir = Path(output_dir)
-        output_dir.mkdir(parents=True)
-        self.retriever.save_pretrained(output_dir / "retriever")
-        self.reranker.save_pretrained(output_dir / "reranker")
+        save_pair(self.retriever, self.reranker, Path(output_dir), self.serving)
+
+
+def save_pair(retriever: DenseRetriever, reranker: CrossEncoderReranker, output_dir: Path,
+              serving: dict | None = None) -> None:
+    """``output_dir/retriever`` (with the ``serving`` config overrides) and ``output_dir/reranker``."""
+    from jrr_pipeline.ml.training.warmup import config_overrides
+
+    output_dir.mkdir(parents=True)
+    with config_overrides(retriever.config, dict(serving or {})):
+        retriever.save_pretrained(output_dir / "retriever")
+    reranker.save_pretrained(output_dir / "reranker")
+
+
+class RerankerListTask:
+    """AR2's ranker phase: listwise CE of the reranker over lists retrieved by the current
+    retriever (positive at column 0)."""
+
+    def __init__(self, reranker: CrossEncoderReranker, chunk_pairs: int = 0) -> None:
+        self.reranker = reranker
+        self.chunk_pairs = chunk_pairs
+        self.ce = ListwiseCELoss()
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"reranker": self.reranker}
+
+    def loss(self, batch: list[CandidateList]) -> tuple[Tensor, dict[str, float]]:
+        s_ce = reranker_list_scores(self.reranker, batch, self.chunk_pairs)
+        with torch.no_grad():
+            acc = float((s_ce.argmax(1) == 0).float().mean())
+        return self.ce(s_ce), {"reranker_acc": acc}
+
+    def save(self, output_dir: Path) -> None:
+        self.reranker.save_pretrained(output_dir)
+
+
+class AR2RetrieverTask:
+    """AR2's retriever phase: ``AR2RetrieverLoss`` against the frozen ranker over the same lists."""
+
+    def __init__(self, retriever: DenseRetriever, reranker: CrossEncoderReranker, lam: float = 0.5,
+                 temperature: float = 1.0, chunk_pairs: int = 0) -> None:
+        from jrr_pipeline.ml.losses.adversarial import AR2RetrieverLoss
+
+        self.retriever = retriever
+        self.reranker = reranker
+        self.chunk_pairs = chunk_pairs
+        self.loss_fn = AR2RetrieverLoss(lam=lam, temperature=temperature)
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"retriever": self.retriever}
+
+    def loss(self, batch: list[CandidateList]) -> tuple[Tensor, dict[str, float]]:
+        self.reranker.eval()
+        with torch.no_grad():
+            s_ce = reranker_list_scores(self.reranker, batch, self.chunk_pairs)
+        s_de = retriever_list_scores(self.retriever, batch)
+        loss = self.loss_fn(s_de, s_ce)
+        with torch.no_grad():
+            acc = float((s_de.argmax(1) == 0).float().mean())
+        return loss, {**self.loss_fn.last_terms, "retriever_acc": acc}
+
+    def save(self, output_dir: Path) -> None:
+        self.retriever.save_pretrained(output_dir)

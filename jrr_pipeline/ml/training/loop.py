@@ -233,6 +233,10 @@ def _train(
         resumed_from = state.step
 
     model: nn.Module = container
+    backward_done = bool(getattr(task, "backward_done", False))
+    if backward_done and world > 1:
+        raise ValueError("train: a task that runs its own backward (GradCache) cannot run under "
+                         "DDP; use a single process or turn gradient caching off")
     if world > 1:
         model = nn.parallel.DistributedDataParallel(
             container,
@@ -274,7 +278,8 @@ def _train(
                 raise FloatingPointError(
                     f"train: non-finite loss {loss.item()} at step {state.step + 1}"
                 )
-            loss.backward()
+            if not backward_done:
+                loss.backward()
             grad_norm = (
                 float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
                 if config.max_grad_norm > 0 else math.nan

@@ -106,10 +106,35 @@ def test_lists_from_the_candidates_table():
     })
     out = build_candidate_lists(queries, corpus, candidates, list_length=3)
     # q1: positive first, negatives in table order; q2 too short; q3 has no positive
-    assert out == [CandidateList("one", ("t0", "t1", "t2"))]
+    assert out == [CandidateList("one", ("t0", "t1", "t2"), "q1", ("d0", "d1", "d2"))]
 
 
 def test_mixed_lengths_in_a_batch_are_an_error(tiny_model_dir):
     task = RocketQAv2Task(*models(tiny_model_dir))
     with pytest.raises(ValueError, match="different lengths"):
         task.loss([CandidateList("a", ("b", "c")), CandidateList("d", ("e",))])
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "static"])
+def test_grad_cache_gives_the_plain_steps_gradients(tiny_model_dir, mode):
+    """GradCache over queries, passages and reranker pairs in chunks of 3 = the plain step
+    (dropout off: chunks draw other masks than one big batch; test_gradcache covers dropout)."""
+    def grads_of(chunk: int) -> tuple[float, dict[str, torch.Tensor]]:
+        retriever, reranker = models(tiny_model_dir)
+        task = RocketQAv2Task(retriever, reranker, mode=mode, grad_cache_chunk=chunk)
+        retriever.eval()
+        reranker.eval()
+        loss, _ = task.loss(lists()[:4])
+        if not task.backward_done:
+            loss.backward()
+        named = [*(("r." + n, p) for n, p in retriever.named_parameters()),
+                 *(("c." + n, p) for n, p in reranker.named_parameters())]
+        return float(loss.detach()), {n: p.grad.clone() for n, p in named if p.grad is not None}
+
+    plain_loss, plain = grads_of(0)
+    cached_loss, cached = grads_of(3)
+    assert cached_loss == pytest.approx(plain_loss, rel=1e-5)
+    assert set(cached) == set(plain) and len(plain) > 10
+    assert any(n.startswith("c.") for n in plain) == (mode == "dynamic")
+    for name, grad in plain.items():
+        torch.testing.assert_close(cached[name], grad, rtol=1e-4, atol=1e-6, msg=name)
