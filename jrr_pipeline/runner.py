@@ -83,7 +83,11 @@ def _run_pipeline(data_dir, preset, select, stale_only, dataset_name, run_config
             run_config={"loggers": config["loggers"]})
 
     graph = defs.resolve_asset_graph()
-    selected = AssetSelection.from_string(select).resolve(graph)
+    try:
+        selected = AssetSelection.from_string(select).resolve(graph)
+    except Exception as err:  # Dagster raises several error types for a bad selection string
+        raise ValueError(f"--select {select!r}: not a Dagster asset selection ({err}); e.g. "
+                         f"'joint_retriever*' (it and everything below it)") from None
     selected = {k for k in selected if k in graph.materializable_asset_keys}
     if not selected:
         raise ValueError(f"--select {select!r} matches no asset")

@@ -59,7 +59,8 @@ def test_pools_on_assets_and_in_the_instance_config(jrr_env: Path):
 
     graph = build_definitions("ci", "").resolve_asset_graph()
     pools = {k.to_user_string(): graph.get(k).pools for k in graph.materializable_asset_keys}
-    for name in ("warmup_retriever", "warmup_reranker", "dense_negatives", "evaluation_report"):
+    for name in ("warmup_retriever", "warmup_reranker", "dense_negatives", "joint_retriever",
+                 "joint_reranker", "faiss_index", "evaluation_report"):
         assert pools[name] == {"jrr_device"}, name
     for name in ("corpus", "bm25_index", "bm25_negatives"):
         assert pools[name] == {"jrr_warehouse"}, name

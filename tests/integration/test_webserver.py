@@ -17,7 +17,7 @@ import pytest
 pytestmark = pytest.mark.integration
 
 EXPECTED = {"dataset_files", "corpus", "queries", "qrels", "bm25_index", "bm25_negatives",
-            "evaluation_report"}
+            "joint_retriever", "joint_reranker", "faiss_index", "evaluation_report"}
 
 
 LOCATION_ERRORS = """{ workspaceOrError { ... on Workspace { locationEntries { name
@@ -75,6 +75,7 @@ def test_webserver_lists_assets(beir_dir: Path, jrr_env: Path):
             time.sleep(0 if nodes else 1)
         assert set(nodes) >= EXPECTED, errors
         assert nodes["bm25_negatives"] == "negatives" and nodes["corpus"] == "data"
+        assert nodes["joint_retriever"] == "training" and nodes["faiss_index"] == "serving"
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:

@@ -108,3 +108,19 @@ def test_markdown_table() -> None:
     assert lines[3] == "| joint_retriever | **0.7012** | **0.9502** | – |"
     single = markdown_table({"bm25": {"nDCG@10": 0.25}}, ["nDCG@10"])
     assert single.splitlines()[2] == "| bm25 | 0.2500 |"
+
+
+def test_win_loss_counts_and_report_section(tmp_path):
+    from jrr_pipeline.ml.evaluation.report import win_loss
+
+    per_query = {"warmup_retriever": {"q1": 0.5, "q2": 0.2, "q3": 0.7, "q4": 0.0},
+                 "joint_retriever": {"q1": 0.6, "q2": 0.2, "q3": 0.1}}
+    assert win_loss(per_query, "warmup_retriever") == {
+        "joint_retriever": {"wins": 1, "losses": 1, "ties": 2}}  # q4 missing = 0 = tie
+    with pytest.raises(ValueError, match="baseline"):
+        win_loss(per_query, "bm25")
+    systems = {name: {"nDCG@10": 0.5} for name in per_query}
+    paths = write_report(tmp_path, "toy", "test", systems, "run", per_query=per_query)
+    report = json.loads(paths["json"].read_text())
+    assert report["win_loss"]["joint_retriever"]["wins"] == 1
+    assert "| joint_retriever | 1 | 1 | 2 |" in paths["markdown"].read_text()

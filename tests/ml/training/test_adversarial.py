@@ -168,3 +168,32 @@ def test_joint_config_errors_name_the_field(tmp_path):
         with pytest.raises(ValueError, match=message) as err:
             load_joint_config(path)
         assert str(path) in str(err.value)
+
+
+def test_ar2_under_two_gloo_ranks(tiny_model_dir, tmp_path):
+    """torchrun with 2 ranks: rank 0 refreshes the index, both ranks train every phase on the
+    same lists and the run writes one pair of checkpoints."""
+    from pathlib import Path
+
+    from jrr_pipeline.ml.training import launch_torchrun
+
+    repo = Path(__file__).resolve().parents[3]
+    retriever, reranker = models(tiny_model_dir)
+    retriever.save_pretrained(tmp_path / "r0")
+    reranker.save_pretrained(tmp_path / "c0")
+    config = {"method": "ar2", "retriever": "r0", "reranker": "c0", "data": write_tables(tmp_path),
+              "list_length": 3, "train": {"batch_size": 2, "lr": 1e-3, "log_every": 1},
+              "ar2": {"iterations": 2, "ranker_steps": 1, "retriever_steps": 1, "refresh_top_k": 8},
+              "eval_split": "test", "output_dir": "out", "work_dir": "work",
+              "metrics_file": "metrics.jsonl", "result_file": "result.json", "progress": False}
+    (tmp_path / "joint.json").write_text(json.dumps(config))
+    env = {"PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}
+    launch_torchrun(2, "jrr_pipeline.ml.training.joint_run", ["--config", str(tmp_path / "joint.json")],
+                    env=env, cwd=repo, timeout=300)
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["method"] == "ar2" and len(result["iterations"]) == 2
+    assert result["iterations"][1]["refreshed"] == 1.0
+    assert len(json.loads((tmp_path / "work/iteration-001/lists.json").read_text())["lists"]) == 6
+    assert (tmp_path / "out/retriever/config.json").exists()
+    assert (tmp_path / "out/reranker/config.json").exists()
