@@ -53,8 +53,8 @@ class JointTrainingConfig(Config):
     index_passage_max_length: int = Field(
         default=256, description="passage tokens the saved retriever encodes the corpus with")
     ar2_iterations: int = Field(default=2, description="ar2: ranker + retriever phase pairs")
-    ar2_ranker_steps: int = Field(default=15, description="ar2: steps per ranker phase")
-    ar2_retriever_steps: int = Field(default=30, description="ar2: steps per retriever phase")
+    ar2_ranker_steps: int = Field(default=10, description="ar2: steps per ranker phase")
+    ar2_retriever_steps: int = Field(default=20, description="ar2: steps per retriever phase")
     ar2_lambda: float = Field(default=0.5, description="ar2: weight of the adversarial term vs KL")
     ar2_refresh_every: int = Field(
         default=1, description="ar2: re-encode the corpus and re-mine the lists every N iterations "
