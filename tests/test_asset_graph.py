@@ -279,3 +279,18 @@ def test_cli_rejects_missing_directory(jrr_env, tmp_path, capsys):
 
     assert main(["run", str(tmp_path / "nowhere"), "--preset", "ci"]) == 2
     assert "nowhere: no such dataset directory" in capsys.readouterr().err
+
+
+def test_dataset_without_train_qrels_fails_with_a_clear_error(beir_dir, jrr_env, instance, tmp_path):
+    data = tmp_path / "testonly"
+    for f in beir_dir.rglob("*"):
+        if f.is_file() and f.name != "train.tsv":
+            (data / f.relative_to(beir_dir)).parent.mkdir(parents=True, exist_ok=True)
+            (data / f.relative_to(beir_dir)).write_bytes(f.read_bytes())
+    built = run_pipeline(str(data), preset="ci", select="*bm25_index", echo=None, instance=instance)
+    assert built.success
+    outcome = run_pipeline(str(data), preset="ci", select="bm25_negatives", echo=None,
+                           instance=instance)
+    assert not outcome.success
+    assert "no 'train' split (found: test)" in outcome.failure, outcome.failure
+    assert "qrels/train.tsv" in outcome.failure

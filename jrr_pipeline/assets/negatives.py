@@ -94,6 +94,13 @@ def build_negatives_assets(preset: str) -> list:
 
         index = BM25Index.load(artifacts.path(dataset.dataset_name, "bm25_index"))
         queries, qrels = warehouse.table("queries"), warehouse.table("qrels")
+        splits = sorted(qrels["split"].unique().to_list())
+        if config.split not in splits:
+            raise ValueError(
+                f"{dataset.directory}: the qrels have no '{config.split}' split (found: "
+                f"{', '.join(splits) or 'none'}); the training stages need labelled "
+                f"{config.split} queries (BEIR: qrels/{config.split}.tsv); without them only "
+                f"the data and BM25 index can be built (--select '*bm25_index')")
         started = time.perf_counter()
         negatives = mine_negatives(index, queries, qrels, k=config.top_k, split=config.split,
                                    n_threads=config.threads)

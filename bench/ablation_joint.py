@@ -1,0 +1,159 @@
+"""Ablation of joint training on SciFact test: RocketQAv2 dynamic vs static, AR2 with vs without
+index refresh.
+
+Each variant starts from the materialized warm-up retriever and reranker and the `candidates` table
+of a `$JRR_HOME` (run `jrr run ../shared/datasets/scifact` first), trains with the `cpu` preset's
+`joint_models` config plus the variant's overrides (through the same `joint_run` entry point the
+asset uses), then encodes the corpus with the trained retriever (its serving length) and evaluates
+the retriever alone (nDCG@10, R@100) and, with `--pair`, the pair: the trained reranker over the
+retriever's top-`--rerank-depth`, fused as the report does. Not run by the tests.
+
+    .venv/bin/python bench/ablation_joint.py [--variants dynamic,static,ar2,ar2_norefresh] [--pair]
+        [--custom 'NAME={"retriever_lr": 3e-5, "max_steps": 100}']
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+VARIANTS: dict[str, dict] = {
+    "dynamic": {},
+    "static": {"mode": "static"},
+    "ar2": {"method": "ar2"},
+    "ar2_norefresh": {"method": "ar2", "ar2_refresh_every": 0},
+}
+
+
+def rerank(reranker, run: dict[str, dict[str, float]], qtext: dict[str, str],
+           ptext: dict[str, str], depth: int, weight: float) -> tuple[dict, dict]:
+    """(fused, reranker-only) runs over each query's top-``depth`` of ``run``."""
+    from jrr_pipeline.ml.fusion import fuse
+
+    pairs, keys, first = [], [], []
+    for qid, docs in run.items():
+        for did, score in sorted(docs.items(), key=lambda kv: -kv[1])[:depth]:
+            pairs.append((qtext[qid], ptext[did]))
+            keys.append((qid, did))
+            first.append(score)
+    scores = reranker.predict(pairs, batch_size=64, progress=True)
+    alone: dict[str, dict[str, float]] = {}
+    base: dict[str, list[float]] = {}
+    for (qid, did), s, f in zip(keys, scores, first, strict=True):
+        alone.setdefault(qid, {})[did] = float(s)
+        base.setdefault(qid, []).append(f)
+    fused = {q: dict(zip(d, (float(x) for x in fuse(np.array(list(d.values())),
+                                                       np.array(base[q]), weight)), strict=True))
+             for q, d in alone.items()}
+    return fused, alone
+
+
+def run_variant(name: str, overrides: dict, home: Path, dataset: str, work: Path, pair: bool,
+                depth: int, weight: float) -> dict:
+    from jrr_pipeline.assets.joint import JointTrainingConfig, _monitor_split
+    from jrr_pipeline.ml.evaluation import evaluate
+    from jrr_pipeline.ml.index import build_index, encode_corpus, passage_texts, search
+    from jrr_pipeline.ml.modeling import CrossEncoderReranker, DenseRetriever
+    from jrr_pipeline.ml.sparse import run_from_search
+    from jrr_pipeline.ml.training.joint_run import run_joint
+    from jrr_pipeline.resources import Warehouse
+
+    out = work / name
+    out.mkdir(parents=True, exist_ok=True)
+    warehouse = Warehouse(path=str(home / "warehouse.duckdb"))
+    tables = {t: warehouse.table(t) for t in ("queries", "corpus", "qrels", "candidates")}
+    data = {}
+    for table, frame in tables.items():
+        frame.write_parquet(out / f"{table}.parquet")
+        data[table] = str(out / f"{table}.parquet")
+    artifacts = home / "artifacts" / dataset
+    config = {**JointTrainingConfig(**overrides).run_config(),
+              "retriever": str(artifacts / "warmup_retriever"),
+              "reranker": str(artifacts / "warmup_reranker"), "data": data,
+              "eval_split": _monitor_split(tables["qrels"]), "output_dir": str(out / "model"),
+              "work_dir": str(out / "work"), "metrics_file": str(out / "metrics.jsonl"),
+              "result_file": str(out / "result.json"), "progress": True}
+    (out / "joint.json").write_text(json.dumps(config, indent=2))
+    started = time.perf_counter()
+    result = run_joint(out / "joint.json")
+    train_s = time.perf_counter() - started
+
+    corpus, queries, qrels = tables["corpus"], tables["queries"], tables["qrels"]
+    retriever = DenseRetriever.from_pretrained(str(out / "model" / "retriever")).eval()
+    started = time.perf_counter()
+    index = build_index(encode_corpus(retriever, corpus, batch_size=64, progress=True))
+    encode_s = time.perf_counter() - started
+    qids = sorted(qrels.filter(pl.col("split") == "test")["query_id"].unique().to_list())
+    qtext = dict(zip(queries["query_id"].to_list(), queries["text"].to_list(), strict=True))
+    doc_ids = corpus["doc_id"].to_list()
+    hits, scores = search(index, doc_ids, retriever.embed([qtext[q] for q in qids], kind="query"), 100)
+    run = run_from_search(qids, hits, scores)
+    measures = ["nDCG@10", "R@100"]
+    row: dict = {"variant": name, "overrides": overrides, "steps": result.get("steps"),
+                 "lists": result["lists"], "train_s": round(train_s, 1),
+                 "encode_s": round(encode_s, 1),
+                 **{k: round(v, 4) for k, v in evaluate(run, qrels, measures, split="test").items()}}
+    if pair:
+        reranker = CrossEncoderReranker.from_pretrained(str(out / "model" / "reranker")).eval()
+        ptext = dict(zip(doc_ids, passage_texts(corpus), strict=True))
+        started = time.perf_counter()
+        fused, alone = rerank(reranker, run, qtext, ptext, depth, weight)
+        row["rerank_s"] = round(time.perf_counter() - started, 1)
+        row[f"pair_top{depth}_nDCG@10"] = round(evaluate(fused, qrels, ["nDCG@10"], split="test")
+                                                ["nDCG@10"], 4)
+        row[f"reranker_alone_top{depth}_nDCG@10"] = round(
+            evaluate(alone, qrels, ["nDCG@10"], split="test")["nDCG@10"], 4)
+    if "iterations" in result:
+        row["refresh_eval"] = [{k: v for k, v in it.items() if k.startswith("eval_")}
+                               for it in result["iterations"]]
+    row["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--home", default=os.environ.get("JRR_HOME", ".jrr"))
+    parser.add_argument("--dataset", default="scifact")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--custom", action="append", default=[], metavar="NAME=JSON",
+                        help='an extra variant, e.g. lr3e-5=\'{"retriever_lr": 3e-5}\' (repeatable)')
+    parser.add_argument("--pair", action="store_true", help="also evaluate the trained pair")
+    parser.add_argument("--rerank-depth", type=int, default=20)
+    parser.add_argument("--fusion-weight", type=float, default=0.5)
+    parser.add_argument("--work", default="bench/results/ablation_joint")
+    parser.add_argument("--out", default="bench/results/ablation_joint.json")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    variants = dict(VARIANTS)
+    for item in args.custom:
+        name, _, raw = item.partition("=")
+        variants[name] = json.loads(raw)
+    names = [n for n in args.variants.split(",") if n] + [i.partition("=")[0] for i in args.custom]
+    unknown = sorted(set(names) - set(variants))
+    if unknown:
+        parser.error(f"unknown variant(s) {unknown}; choose from {sorted(variants)}")
+    out = Path(args.out)
+    rows = json.loads(out.read_text()) if out.exists() else []
+    for name in names:
+        row = run_variant(name, variants[name], Path(args.home).resolve(), args.dataset,
+                          Path(args.work).resolve(), args.pair, args.rerank_depth, args.fusion_weight)
+        print(row, flush=True)
+        rows = [r for r in rows if r["variant"] != name] + [row]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(rows, indent=2))
+    print("| variant | nDCG@10 | R@100 | train s |\n|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['variant']} | {r['nDCG@10']:.4f} | {r['R@100']:.4f} | {r['train_s']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
