@@ -10,6 +10,10 @@ Re-ranking" (EMNLP). For query q and its list [p+, p1-, ..., p(L-1)-] (positive 
 ``dynamic`` (the paper): both models get gradients from the KL term, so the reranker is also pulled
 towards the retriever while it learns from the labels. ``static`` (the ablation): the reranker is
 frozen, its scores are a fixed teacher and only the KL term trains the retriever.
+
+``retriever_ce_weight`` w > 0 (our addition, off by default) adds w * CE(softmax(s_de), p+): the
+retriever also learns from the label, which matters when the reranker is still a weaker teacher
+than the retriever it is distilled into.
 """
 
 from __future__ import annotations
@@ -99,15 +103,21 @@ class RocketQAv2Task:
 
     def __init__(self, retriever: DenseRetriever, reranker: CrossEncoderReranker,
                  mode: str = "dynamic", kl_temperature: float = 1.0, chunk_pairs: int = 0,
-                 serving: dict | None = None, grad_cache_chunk: int = 0) -> None:
+                 serving: dict | None = None, grad_cache_chunk: int = 0,
+                 retriever_ce_weight: float = 0.0) -> None:
         if mode not in MODES:
             raise ValueError(f"RocketQAv2Task: mode must be one of {MODES}, got {mode!r}")
+        if retriever_ce_weight < 0:
+            raise ValueError(f"RocketQAv2Task: retriever_ce_weight must be >= 0, got {retriever_ce_weight}")
         self.retriever = retriever
         self.reranker = reranker
         self.mode = mode
         self.chunk_pairs = chunk_pairs
         self.serving = dict(serving or {})
         self.grad_cache_chunk = grad_cache_chunk
+        # Not in the paper (0 = RocketQAv2): the retriever's own listwise CE on the labelled
+        # positive, so it still learns when the reranker teacher is weaker than it is.
+        self.retriever_ce_weight = retriever_ce_weight
         self.backward_done = grad_cache_chunk > 0
         self.ce = ListwiseCELoss()
         self.kl = ListwiseKLLoss(temperature=kl_temperature, detach_teacher=mode == "static")
@@ -141,8 +151,13 @@ class RocketQAv2Task:
         kl = self.kl(s_de, s_ce)
         ce = self.ce(s_ce)
         total = kl if self.mode == "static" else ce + kl
+        metrics = {}
+        if self.retriever_ce_weight > 0:
+            retriever_ce = self.ce(s_de)
+            total = total + self.retriever_ce_weight * retriever_ce
+            metrics["retriever_ce_loss"] = float(retriever_ce)
         with torch.no_grad():
-            metrics = {"kl": float(kl), "ce_loss": float(ce),
+            metrics |= {"kl": float(kl), "ce_loss": float(ce),
                        "retriever_acc": float((s_de.argmax(1) == 0).float().mean()),
                        "reranker_acc": float((s_ce.argmax(1) == 0).float().mean())}
         return total, metrics

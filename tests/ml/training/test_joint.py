@@ -138,3 +138,19 @@ def test_grad_cache_gives_the_plain_steps_gradients(tiny_model_dir, mode):
     assert any(n.startswith("c.") for n in plain) == (mode == "dynamic")
     for name, grad in plain.items():
         torch.testing.assert_close(cached[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "static"])
+def test_retriever_ce_weight_adds_the_retrievers_own_ce(tiny_model_dir, mode):
+    retriever, reranker = models(tiny_model_dir)
+    s_de = torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.0, 3.0]])
+    s_ce = torch.tensor([[1.0, 0.5, 0.0], [0.5, 0.0, 1.0]])
+    plain, _ = RocketQAv2Task(retriever, reranker, mode=mode)._combine(s_de, s_ce)
+    weighted, metrics = RocketQAv2Task(retriever, reranker, mode=mode,
+                                       retriever_ce_weight=0.5)._combine(s_de, s_ce)
+    # CE of the positive (index 0) by hand: mean over queries of logsumexp(s) - s[0]
+    retriever_ce = float((torch.logsumexp(s_de, 1) - s_de[:, 0]).mean())
+    assert metrics["retriever_ce_loss"] == pytest.approx(retriever_ce, rel=1e-6)
+    assert float(weighted) == pytest.approx(float(plain) + 0.5 * retriever_ce, rel=1e-6)
+    with pytest.raises(ValueError, match="retriever_ce_weight"):
+        RocketQAv2Task(retriever, reranker, retriever_ce_weight=-1.0)
