@@ -21,7 +21,6 @@ import resource
 import time
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 
 VARIANTS: dict[str, dict] = {
@@ -32,33 +31,11 @@ VARIANTS: dict[str, dict] = {
 }
 
 
-def rerank(reranker, run: dict[str, dict[str, float]], qtext: dict[str, str],
-           ptext: dict[str, str], depth: int, weight: float) -> tuple[dict, dict]:
-    """(fused, reranker-only) runs over each query's top-``depth`` of ``run``."""
-    from jrr_pipeline.ml.fusion import fuse
-
-    pairs, keys, first = [], [], []
-    for qid, docs in run.items():
-        for did, score in sorted(docs.items(), key=lambda kv: -kv[1])[:depth]:
-            pairs.append((qtext[qid], ptext[did]))
-            keys.append((qid, did))
-            first.append(score)
-    scores = reranker.predict(pairs, batch_size=64, progress=True)
-    alone: dict[str, dict[str, float]] = {}
-    base: dict[str, list[float]] = {}
-    for (qid, did), s, f in zip(keys, scores, first, strict=True):
-        alone.setdefault(qid, {})[did] = float(s)
-        base.setdefault(qid, []).append(f)
-    fused = {q: dict(zip(d, (float(x) for x in fuse(np.array(list(d.values())),
-                                                       np.array(base[q]), weight)), strict=True))
-             for q, d in alone.items()}
-    return fused, alone
-
-
 def run_variant(name: str, overrides: dict, home: Path, dataset: str, work: Path, pair: bool,
                 depth: int, weight: float) -> dict:
     from jrr_pipeline.assets.joint import JointTrainingConfig, _monitor_split
     from jrr_pipeline.ml.evaluation import evaluate
+    from jrr_pipeline.ml.fusion import rerank_run
     from jrr_pipeline.ml.index import build_index, encode_corpus, passage_texts, search
     from jrr_pipeline.ml.modeling import CrossEncoderReranker, DenseRetriever
     from jrr_pipeline.ml.sparse import run_from_search
@@ -104,7 +81,7 @@ def run_variant(name: str, overrides: dict, home: Path, dataset: str, work: Path
         reranker = CrossEncoderReranker.from_pretrained(str(out / "model" / "reranker")).eval()
         ptext = dict(zip(doc_ids, passage_texts(corpus), strict=True))
         started = time.perf_counter()
-        fused, alone = rerank(reranker, run, qtext, ptext, depth, weight)
+        fused, alone = rerank_run(reranker, run, qtext, ptext, depth, weight, progress=True)
         row["rerank_s"] = round(time.perf_counter() - started, 1)
         row[f"pair_top{depth}_nDCG@10"] = round(evaluate(fused, qrels, ["nDCG@10"], split="test")
                                                 ["nDCG@10"], 4)

@@ -72,6 +72,21 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(axis=1)
 
 
+def variant_result(seconds: float, cpu_seconds: float, emb: np.ndarray, ref: np.ndarray,
+                   st_seconds: float, st_cpu_seconds: float) -> dict[str, float]:
+    """Speed of one variant and the cosine of its embeddings against ST's fp32 ones."""
+    cos = cosines(emb, ref)
+    return {
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "passages_per_s": len(emb) / seconds,
+        "speedup_vs_st": st_seconds / seconds,
+        "cpu_time_speedup_vs_st": st_cpu_seconds / cpu_seconds,
+        "cosine_vs_st_fp32_min": float(cos.min()),
+        "cosine_vs_st_fp32_mean": float(cos.mean()),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
@@ -137,16 +152,7 @@ def main() -> None:
             ),
             args.repeats,
         )
-        cos = cosines(emb, ref)
-        results[name] = {
-            "seconds": seconds,
-            "cpu_seconds": cpu_seconds,
-            "passages_per_s": len(texts) / seconds,
-            "speedup_vs_st": t_st / seconds,
-            "cpu_time_speedup_vs_st": cpu_st / cpu_seconds,
-            "cosine_vs_st_fp32_min": float(cos.min()),
-            "cosine_vs_st_fp32_mean": float(cos.mean()),
-        }
+        results[name] = variant_result(seconds, cpu_seconds, emb, ref, t_st, cpu_st)
 
     extra = []
     if args.try_compile:
@@ -166,17 +172,8 @@ def main() -> None:
             lambda model=model: model.embed(texts, "passage", batch_size=args.batch_size),
             args.repeats,
         )
-        cos = cosines(emb, ref)
-        results[name] = {
-            "seconds": seconds,
-            "cpu_seconds": cpu_seconds,
-            "first_call_s": warmup_s,
-            "passages_per_s": len(texts) / seconds,
-            "speedup_vs_st": t_st / seconds,
-            "cpu_time_speedup_vs_st": cpu_st / cpu_seconds,
-            "cosine_vs_st_fp32_min": float(cos.min()),
-            "cosine_vs_st_fp32_mean": float(cos.mean()),
-        }
+        results[name] = {**variant_result(seconds, cpu_seconds, emb, ref, t_st, cpu_st),
+                         "first_call_s": warmup_s}
 
     report = {
         "n_passages": len(texts),

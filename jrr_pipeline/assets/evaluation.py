@@ -64,10 +64,8 @@ def rerank_run(artifacts: ArtifactStore, dataset: str, reranker_asset: str, ware
     """Rescore each query's top-``depth`` of ``first_stage`` with the cross-encoder.
 
     Returns (fused run, reranker-only run); see ``jrr_pipeline.ml.fusion``."""
-    import numpy as np
-
     from jrr_pipeline.assets.dense import autocast_dtype
-    from jrr_pipeline.ml.fusion import fuse
+    from jrr_pipeline.ml import fusion
     from jrr_pipeline.ml.index import passage_texts
     from jrr_pipeline.ml.modeling import CrossEncoderReranker
 
@@ -75,24 +73,9 @@ def rerank_run(artifacts: ArtifactStore, dataset: str, reranker_asset: str, ware
     reranker = reranker.to(compute.torch_device()).eval()
     corpus = warehouse.table("corpus")
     passages = dict(zip(corpus["doc_id"].to_list(), passage_texts(corpus), strict=True))
-    pairs, keys, first = [], [], []
-    for qid, docs in first_stage.items():
-        for did, score in sorted(docs.items(), key=lambda kv: -kv[1])[:depth]:
-            pairs.append((texts[qid], passages[did]))
-            keys.append((qid, did))
-            first.append(score)
-    scores = reranker.predict(pairs, batch_size=batch_size, progress=True,
-                              autocast_dtype=autocast_dtype(compute))
-    alone: dict[str, dict[str, float]] = {}
-    first_of: dict[str, list[float]] = {}
-    for (qid, did), score, base in zip(keys, scores, first, strict=True):
-        alone.setdefault(qid, {})[did] = float(score)
-        first_of.setdefault(qid, []).append(base)
-    fused = {}
-    for qid, docs in alone.items():
-        mixed = fuse(np.array(list(docs.values())), np.array(first_of[qid]), fusion_weight)
-        fused[qid] = {did: float(v) for did, v in zip(docs, mixed, strict=True)}
-    return fused, alone
+    return fusion.rerank_run(reranker, first_stage, texts, passages, depth, fusion_weight,
+                             batch_size=batch_size, progress=True,
+                             autocast_dtype=autocast_dtype(compute))
 
 
 def _query_texts(warehouse: Warehouse, query_ids: list[str]) -> list[str]:

@@ -34,3 +34,29 @@ def fuse(reranker_scores: np.ndarray, first_stage_scores: np.ndarray, weight: fl
     if weight == 1.0:
         return np.asarray(reranker_scores, dtype=np.float64)
     return weight * zscore(reranker_scores) + (1.0 - weight) * zscore(first_stage_scores)
+
+
+def rerank_run(reranker, first_stage: dict[str, dict[str, float]], query_text: dict[str, str],
+               passage_text: dict[str, str], depth: int, weight: float, batch_size: int = 64,
+               progress: bool = False, autocast_dtype=None,
+               ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """Rescore each query's top-``depth`` of ``first_stage`` with ``reranker`` (a
+    ``CrossEncoderReranker``); returns (fused run, reranker-only run) as {qid: {doc_id: score}}."""
+    pairs, keys, first = [], [], []
+    for qid, docs in first_stage.items():
+        for did, score in sorted(docs.items(), key=lambda kv: -kv[1])[:depth]:
+            pairs.append((query_text[qid], passage_text[did]))
+            keys.append((qid, did))
+            first.append(score)
+    scores = reranker.predict(pairs, batch_size=batch_size, progress=progress,
+                              autocast_dtype=autocast_dtype)
+    alone: dict[str, dict[str, float]] = {}
+    first_of: dict[str, list[float]] = {}
+    for (qid, did), score, base in zip(keys, scores, first, strict=True):
+        alone.setdefault(qid, {})[did] = float(score)
+        first_of.setdefault(qid, []).append(base)
+    fused = {}
+    for qid, docs in alone.items():
+        mixed = fuse(np.array(list(docs.values())), np.array(first_of[qid]), weight)
+        fused[qid] = {did: float(v) for did, v in zip(docs, mixed, strict=True)}
+    return fused, alone

@@ -25,3 +25,22 @@ def test_constant_scores_and_bad_input():
         fuse(np.zeros(2), np.zeros(3), 0.5)
     with pytest.raises(ValueError):
         fuse(np.zeros(2), np.zeros(2), 1.5)
+
+
+def test_rerank_run_rescores_the_top_depth_and_fuses(tiny_model_dir):
+    from jrr_pipeline.ml.fusion import rerank_run
+    from jrr_pipeline.ml.modeling import CrossEncoderReranker, RerankerConfig
+
+    reranker = CrossEncoderReranker.from_pretrained(str(tiny_model_dir), RerankerConfig(max_length=16))
+    reranker.eval()
+    first = {"q1": {"a": 3.0, "b": 2.0, "c": 1.0}, "q2": {"a": 0.5, "c": 1.5}}
+    queries = {"q1": "apple river", "q2": "music window"}
+    passages = {"a": "apple pie", "b": "river bank", "c": "window glass"}
+    fused, alone = rerank_run(reranker, first, queries, passages, depth=2, weight=0.5)
+    assert {q: set(d) for q, d in alone.items()} == {"q1": {"a", "b"}, "q2": {"a", "c"}}
+    expected = reranker.predict([("apple river", "apple pie"), ("apple river", "river bank")])
+    assert [alone["q1"]["a"], alone["q1"]["b"]] == pytest.approx([float(x) for x in expected], rel=1e-5)
+    mixed = fuse(np.array([alone["q1"]["a"], alone["q1"]["b"]]), np.array([3.0, 2.0]), 0.5)
+    assert [fused["q1"]["a"], fused["q1"]["b"]] == pytest.approx(list(mixed))
+    only, _ = rerank_run(reranker, first, queries, passages, depth=2, weight=1.0)
+    assert only == alone  # weight 1 is the reranker alone, unchanged
