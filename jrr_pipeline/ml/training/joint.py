@@ -13,7 +13,9 @@ frozen, its scores are a fixed teacher and only the KL term trains the retriever
 
 ``retriever_ce_weight`` w > 0 (our addition, off by default) adds w * CE(softmax(s_de), p+): the
 retriever also learns from the label, which matters when the reranker is still a weaker teacher
-than the retriever it is distilled into.
+than the retriever it is distilled into. With ``retriever_in_batch`` that CE runs over every passage
+of the batch (the other queries' lists as extra negatives, as in DPR's in-batch training) instead of
+the query's own list; the KL term always stays on the query's own list.
 """
 
 from __future__ import annotations
@@ -75,13 +77,39 @@ def _list_length(batch: Sequence[CandidateList], owner: str) -> int:
     return size.pop()
 
 
-def retriever_list_scores(retriever: DenseRetriever, batch: Sequence[CandidateList]) -> Tensor:
-    """s_de over each query's own list, [B, L]."""
-    length = _list_length(batch, "retriever_list_scores")
+def retriever_batch_scores(retriever: DenseRetriever, batch: Sequence[CandidateList]) -> Tensor:
+    """s_de of every query against every passage of the batch, [B, B*L]: query i's own list is
+    columns i*L .. i*L+L-1 (``own_list_scores`` cuts them out)."""
+    _list_length(batch, "retriever_batch_scores")
     q = retriever.encode_queries(retriever.tokenize_queries([x.query for x in batch]))
     p = retriever.encode_passages(retriever.tokenize_passages([t for x in batch for t in x.passages]))
-    s_de = torch.einsum("bd,bld->bl", q.float(), p.float().view(len(batch), length, -1))
-    return s_de / retriever.config.temperature
+    return q.float() @ p.float().T / retriever.config.temperature
+
+
+def own_list_scores(s_all: Tensor, length: int) -> Tensor:
+    """[B, B*L] batch scores -> [B, L], each query's scores over its own list."""
+    b = s_all.shape[0]
+    rows = torch.arange(b, device=s_all.device)
+    return s_all.view(b, b, length)[rows, rows]
+
+
+def retriever_list_scores(retriever: DenseRetriever, batch: Sequence[CandidateList]) -> Tensor:
+    """s_de over each query's own list, [B, L]."""
+    return own_list_scores(retriever_batch_scores(retriever, batch), len(batch[0].passages))
+
+
+def in_batch_positive_mask(batch: Sequence[CandidateList]) -> Tensor:
+    """[B, B*L] True where another list holds query i's labelled positive (same doc id, or the same
+    text when ids are missing): those columns must not count as its negatives."""
+    keys = [x.doc_ids or x.passages for x in batch]
+    flat = [k for key in keys for k in key]
+    length = len(keys[0])
+    mask = torch.zeros(len(batch), len(flat), dtype=torch.bool)
+    for i, key in enumerate(keys):
+        for j, other in enumerate(flat):
+            if other == key[0] and j != i * length:
+                mask[i, j] = True
+    return mask
 
 
 def reranker_list_scores(reranker: CrossEncoderReranker, batch: Sequence[CandidateList],
@@ -104,11 +132,14 @@ class RocketQAv2Task:
     def __init__(self, retriever: DenseRetriever, reranker: CrossEncoderReranker,
                  mode: str = "dynamic", kl_temperature: float = 1.0, chunk_pairs: int = 0,
                  serving: dict | None = None, grad_cache_chunk: int = 0,
-                 retriever_ce_weight: float = 0.0) -> None:
+                 retriever_ce_weight: float = 0.0, retriever_in_batch: bool = False) -> None:
         if mode not in MODES:
             raise ValueError(f"RocketQAv2Task: mode must be one of {MODES}, got {mode!r}")
         if retriever_ce_weight < 0:
             raise ValueError(f"RocketQAv2Task: retriever_ce_weight must be >= 0, got {retriever_ce_weight}")
+        if retriever_in_batch and retriever_ce_weight == 0:
+            raise ValueError("RocketQAv2Task: retriever_in_batch needs retriever_ce_weight > 0 "
+                             "(it widens the retriever's CE term to the whole batch)")
         self.retriever = retriever
         self.reranker = reranker
         self.mode = mode
@@ -118,6 +149,7 @@ class RocketQAv2Task:
         # Not in the paper (0 = RocketQAv2): the retriever's own listwise CE on the labelled
         # positive, so it still learns when the reranker teacher is weaker than it is.
         self.retriever_ce_weight = retriever_ce_weight
+        self.retriever_in_batch = retriever_in_batch
         self.backward_done = grad_cache_chunk > 0
         self.ce = ListwiseCELoss()
         self.kl = ListwiseKLLoss(temperature=kl_temperature, detach_teacher=mode == "static")
@@ -131,31 +163,48 @@ class RocketQAv2Task:
 
     def scores(self, batch: Sequence[CandidateList]) -> tuple[Tensor, Tensor]:
         """(s_de, s_ce), each [B, L]."""
-        _list_length(batch, "RocketQAv2Task")
-        s_de = retriever_list_scores(self.retriever, batch)
+        s_de, s_ce, _ = self._scores(batch)
+        return s_de, s_ce
+
+    def _scores(self, batch: Sequence[CandidateList]) -> tuple[Tensor, Tensor, Tensor]:
+        length = _list_length(batch, "RocketQAv2Task")
+        s_all = retriever_batch_scores(self.retriever, batch)
         if self.mode == "static":
             self.reranker.eval()
             with torch.no_grad():
                 s_ce = reranker_list_scores(self.reranker, batch, self.chunk_pairs)
         else:
             s_ce = reranker_list_scores(self.reranker, batch, self.chunk_pairs)
-        return s_de, s_ce
+        return own_list_scores(s_all, length), s_ce, s_all
 
     def loss(self, batch: list[CandidateList]) -> tuple[Tensor, dict[str, float]]:
         if self.grad_cache_chunk > 0:
             return self._grad_cache_loss(batch)
-        s_de, s_ce = self.scores(batch)
-        return self._combine(s_de, s_ce)
+        s_de, s_ce, s_all = self._scores(batch)
+        return self._combine(s_de, s_ce, self._in_batch(s_all, batch))
 
-    def _combine(self, s_de: Tensor, s_ce: Tensor) -> tuple[Tensor, dict[str, float]]:
+    def _in_batch(self, s_all: Tensor, batch: Sequence[CandidateList]) -> Tensor | None:
+        """The retriever's in-batch scores with other copies of each positive masked, or None."""
+        if not self.retriever_in_batch:
+            return None
+        return s_all.masked_fill(in_batch_positive_mask(batch).to(s_all.device), float("-inf"))
+
+    def _combine(self, s_de: Tensor, s_ce: Tensor,
+                 s_in_batch: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+        """CE + KL (+ w * the retriever's CE, over ``s_in_batch`` [B, B*L] when given, whose
+        positive for query i is column i*L; else over its own list)."""
         kl = self.kl(s_de, s_ce)
         ce = self.ce(s_ce)
         total = kl if self.mode == "static" else ce + kl
         metrics = {}
         if self.retriever_ce_weight > 0:
-            retriever_ce = self.ce(s_de)
+            if s_in_batch is not None:
+                target = torch.arange(s_de.shape[0], device=s_de.device) * s_de.shape[1]
+                retriever_ce = self.ce(s_in_batch, target)
+            else:
+                retriever_ce = self.ce(s_de)
             total = total + self.retriever_ce_weight * retriever_ce
-            metrics["retriever_ce_loss"] = float(retriever_ce)
+            metrics["retriever_ce_loss"] = float(retriever_ce.detach())
         with torch.no_grad():
             metrics |= {"kl": float(kl), "ce_loss": float(ce),
                        "retriever_acc": float((s_de.argmax(1) == 0).float().mean()),
@@ -189,11 +238,10 @@ class RocketQAv2Task:
         out: dict[str, float] = {}
 
         def loss_fn(reps: list[Tensor]) -> Tensor:
-            q, p = reps[0], reps[1]
-            s_de = torch.einsum("bd,bld->bl", q.float(), p.float().view(len(batch), length, -1))
-            s_de = s_de / r.config.temperature
+            s_all = reps[0].float() @ reps[1].float().T / r.config.temperature
             s_ce = fixed_ce if fixed_ce is not None else reps[2].view(len(batch), length)
-            total, metrics = self._combine(s_de, s_ce)
+            total, metrics = self._combine(own_list_scores(s_all, length), s_ce,
+                                           self._in_batch(s_all, batch))
             out.update(metrics)
             return total
 

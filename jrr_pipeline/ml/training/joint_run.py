@@ -11,7 +11,8 @@ The JSON (relative paths resolve against its directory):
                "candidates": "candidates.parquet"},
       "list_length": 8,
       "rocketqav2": {"mode": "dynamic" | "static", "kl_temperature": 1.0,
-                     "grad_cache_chunk": 0, "chunk_pairs": 0, "retriever_ce_weight": 0.0},
+                     "grad_cache_chunk": 0, "chunk_pairs": 0, "retriever_ce_weight": 0.0,
+                     "retriever_in_batch": false},
       "ar2": {...AR2Config fields},
       "train": {...TrainConfig: the RocketQAv2 run, or AR2's retriever phase},
       "ranker_train": {...TrainConfig overrides of AR2's ranker phase},
@@ -49,7 +50,8 @@ _KEYS = {"method", "retriever", "reranker", "data", "list_length", "rocketqav2",
          "ranker_train", "reranker_lr", "eval_split", "serving", "train_lengths", "output_dir", "work_dir",
          "metrics_file", "result_file", "progress"}
 _TABLES = ("queries", "corpus", "qrels", "candidates")
-_ROCKETQA_KEYS = {"mode", "kl_temperature", "grad_cache_chunk", "chunk_pairs", "retriever_ce_weight"}
+_ROCKETQA_KEYS = {"mode", "kl_temperature", "grad_cache_chunk", "chunk_pairs", "retriever_ce_weight",
+                  "retriever_in_batch"}
 
 
 def load_joint_config(path: Path) -> dict[str, Any]:
@@ -196,7 +198,8 @@ def run_joint(config_path: Path) -> dict:
                               kl_temperature=float(rq.get("kl_temperature", 1.0)),
                               chunk_pairs=int(rq.get("chunk_pairs", 0)), serving=cfg["serving"],
                               grad_cache_chunk=int(rq.get("grad_cache_chunk", 0)),
-                              retriever_ce_weight=float(rq.get("retriever_ce_weight", 0.0)))
+                              retriever_ce_weight=float(rq.get("retriever_ce_weight", 0.0)),
+                              retriever_in_batch=bool(rq.get("retriever_in_batch", False)))
         outcome = train(task, lists, train_cfg, cfg["output_dir"],
                         state_dir=cfg["work_dir"] / "state", progress=cfg["progress"],
                         on_log=lambda step, m: write({"iteration": None, "phase": "joint",

@@ -14,7 +14,13 @@ from jrr_pipeline.ml.modeling import (
     RetrieverConfig,
 )
 from jrr_pipeline.ml.training import TrainConfig, train
-from jrr_pipeline.ml.training.joint import CandidateList, RocketQAv2Task, build_candidate_lists
+from jrr_pipeline.ml.training.joint import (
+    CandidateList,
+    RocketQAv2Task,
+    build_candidate_lists,
+    in_batch_positive_mask,
+    own_list_scores,
+)
 
 WORDS = ["apple", "river", "music", "window", "garden", "doctor", "planet", "winter"]
 OTHERS = ["stone", "cloud", "paper", "glass", "metal", "sugar"]
@@ -115,13 +121,16 @@ def test_mixed_lengths_in_a_batch_are_an_error(tiny_model_dir):
         task.loss([CandidateList("a", ("b", "c")), CandidateList("d", ("e",))])
 
 
-@pytest.mark.parametrize("mode", ["dynamic", "static"])
-def test_grad_cache_gives_the_plain_steps_gradients(tiny_model_dir, mode):
+@pytest.mark.parametrize(("mode", "in_batch"), [("dynamic", False), ("static", False),
+                                                ("dynamic", True)])
+def test_grad_cache_gives_the_plain_steps_gradients(tiny_model_dir, mode, in_batch):
     """GradCache over queries, passages and reranker pairs in chunks of 3 = the plain step
     (dropout off: chunks draw other masks than one big batch; test_gradcache covers dropout)."""
     def grads_of(chunk: int) -> tuple[float, dict[str, torch.Tensor]]:
         retriever, reranker = models(tiny_model_dir)
-        task = RocketQAv2Task(retriever, reranker, mode=mode, grad_cache_chunk=chunk)
+        task = RocketQAv2Task(retriever, reranker, mode=mode, grad_cache_chunk=chunk,
+                              retriever_ce_weight=1.0 if in_batch else 0.0,
+                              retriever_in_batch=in_batch)
         retriever.eval()
         reranker.eval()
         loss, _ = task.loss(lists()[:4])
@@ -154,3 +163,31 @@ def test_retriever_ce_weight_adds_the_retrievers_own_ce(tiny_model_dir, mode):
     assert float(weighted) == pytest.approx(float(plain) + 0.5 * retriever_ce, rel=1e-6)
     with pytest.raises(ValueError, match="retriever_ce_weight"):
         RocketQAv2Task(retriever, reranker, retriever_ce_weight=-1.0)
+
+
+def test_own_list_scores_cut_each_querys_block_out_of_the_batch_scores():
+    q, p = torch.randn(3, 5), torch.randn(3 * 4, 5)
+    expected = torch.einsum("bd,bld->bl", q, p.view(3, 4, 5))
+    torch.testing.assert_close(own_list_scores(q @ p.T, 4), expected)
+
+
+def test_in_batch_retriever_ce_uses_other_lists_as_negatives_and_masks_copies_of_the_positive(
+        tiny_model_dir):
+    retriever, reranker = models(tiny_model_dir)
+    batch = [CandidateList("a", ("pa", "n1"), "qa", ("da", "d1")),
+             CandidateList("b", ("pb", "da"), "qb", ("db", "da"))]
+    mask = in_batch_positive_mask(batch)
+    # query a's positive da also sits in b's list (column 3): not a negative of a
+    assert mask.tolist() == [[False, False, False, True], [False, False, False, False]]
+    s_all = torch.tensor([[3.0, 1.0, 0.5, 2.5], [0.0, 1.0, 2.0, -1.0]])
+    task = RocketQAv2Task(retriever, reranker, retriever_ce_weight=1.0, retriever_in_batch=True)
+    s_de, s_ce = own_list_scores(s_all, 2), torch.zeros(2, 2)
+    total, metrics = task._combine(s_de, s_ce, task._in_batch(s_all, batch))
+    # by hand: a over [3, 1, 0.5] (2.5 masked), positive 3; b over all four, positive column 2
+    ce_a = float(torch.logsumexp(torch.tensor([3.0, 1.0, 0.5]), 0) - 3.0)
+    ce_b = float(torch.logsumexp(s_all[1], 0) - 2.0)
+    assert metrics["retriever_ce_loss"] == pytest.approx((ce_a + ce_b) / 2, rel=1e-6)
+    plain, _ = RocketQAv2Task(retriever, reranker)._combine(s_de, s_ce)
+    assert float(total) == pytest.approx(float(plain) + (ce_a + ce_b) / 2, rel=1e-6)
+    with pytest.raises(ValueError, match="retriever_in_batch"):
+        RocketQAv2Task(retriever, reranker, retriever_in_batch=True)
