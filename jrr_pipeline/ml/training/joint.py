@@ -11,9 +11,9 @@ Re-ranking" (EMNLP). For query q and its list [p+, p1-, ..., p(L-1)-] (positive 
 towards the retriever while it learns from the labels. ``static`` (the ablation): the reranker is
 frozen, its scores are a fixed teacher and only the KL term trains the retriever.
 
-``retriever_ce_weight`` w > 0 (our addition, off by default) adds w * CE(softmax(s_de), p+): the
-retriever also learns from the label, which matters when the reranker is still a weaker teacher
-than the retriever it is distilled into. With ``retriever_in_batch`` that CE runs over every passage
+``retriever_ce_weight`` w > 0 (our addition; 0 here, 1.0 in the pipeline's ``joint_models``) adds
+w * CE(softmax(s_de), p+): the retriever also learns from the label, which matters when the
+reranker is still a weaker teacher than the retriever it is distilled into. With ``retriever_in_batch`` that CE runs over every passage
 of the batch (the other queries' lists as extra negatives, as in DPR's in-batch training) instead of
 the query's own list; the KL term always stays on the query's own list.
 """
@@ -103,12 +103,9 @@ def in_batch_positive_mask(batch: Sequence[CandidateList]) -> Tensor:
     text when ids are missing): those columns must not count as its negatives."""
     keys = [x.doc_ids or x.passages for x in batch]
     flat = [k for key in keys for k in key]
-    length = len(keys[0])
-    mask = torch.zeros(len(batch), len(flat), dtype=torch.bool)
-    for i, key in enumerate(keys):
-        for j, other in enumerate(flat):
-            if other == key[0] and j != i * length:
-                mask[i, j] = True
+    mask = torch.tensor([[other == key[0] for other in flat] for key in keys], dtype=torch.bool)
+    rows = torch.arange(len(keys))
+    mask[rows, rows * len(keys[0])] = False
     return mask
 
 
