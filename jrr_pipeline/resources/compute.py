@@ -4,20 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Literal
 
 from dagster import ConfigurableResource
 from pydantic import Field
-
-
-def cpu_supports_bf16() -> bool:
-    """True when the CPU has native bf16 matrix units (AMX or AVX512-BF16)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 class Compute(ConfigurableResource):
@@ -40,9 +30,9 @@ class Compute(ConfigurableResource):
             return self.dtype == "bf16"
         import torch
 
-        if self.torch_device() == "cuda":
-            return torch.cuda.is_bf16_supported()
-        return cpu_supports_bf16()
+        from jrr_pipeline.ml.training.schedule import use_bf16
+
+        return use_bf16("auto", torch.device(self.torch_device()))
 
     lock_timeout_s: float = Field(
         default=-1, description="wait this long for a run using the device; -1 = JRR_LOCK_TIMEOUT_S")
