@@ -26,13 +26,12 @@ class Compute(ConfigurableResource):
         return self.device
 
     def use_bf16(self) -> bool:
-        if self.dtype != "auto":
-            return self.dtype == "bf16"
         import torch
 
         from jrr_pipeline.ml.training.schedule import use_bf16
 
-        return use_bf16("auto", torch.device(self.torch_device()))
+        setting = {"auto": "auto", "bf16": "on", "fp32": "off"}[self.dtype]
+        return use_bf16(setting, torch.device(self.torch_device()))
 
     lock_timeout_s: float = Field(
         default=-1, description="wait this long for a run using the device; -1 = JRR_LOCK_TIMEOUT_S")
