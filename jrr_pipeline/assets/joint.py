@@ -39,8 +39,9 @@ class JointTrainingConfig(Config):
     list_length: int = Field(default=8, description="candidates per query list (positive first)")
     batch_size: int = Field(default=8, description="query lists per optimizer step")
     epochs: int = Field(default=1, description="passes over the lists (rocketqav2)")
-    max_steps: int = Field(default=40, description="rocketqav2: stop after N steps (0 = epochs "
-                           "decide; the cpu budget allows ~40 steps of 8 x 8 on 2 cores)")
+    max_steps: int = Field(default=0, description="rocketqav2: stop after N steps (0 = epochs "
+                           "decide). One epoch of 8 x 8 on SciFact is 101 steps, ~19 min on 2 "
+                           "cores; there it gives nDCG@10 0.730, 60 steps 0.718")
     retriever_lr: float = Field(default=3e-5, description="peak AdamW lr of the retriever (it starts "
                                 "from the warm-up checkpoint)")
     reranker_lr: float = Field(default=3e-5, description="peak AdamW lr of the reranker")

@@ -71,6 +71,8 @@ class WarmupRetrieverConfig(TrainingConfig):
     index_passage_max_length: int = Field(
         default=256, description="passage tokens when encoding the corpus (saved in the checkpoint; "
                                  "0 = as in training). On SciFact 256 gives +0.006 nDCG@10 over 192")
+    lr: float = Field(default=3e-5, description="peak AdamW learning rate: on SciFact (cpu preset, "
+                      "58 steps) 3e-5 gives nDCG@10 0.691, 2e-5 only 0.679 (= BM25)")
 
     def serving_section(self) -> dict:
         length = self.index_passage_max_length
