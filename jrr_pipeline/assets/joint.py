@@ -47,9 +47,10 @@ class JointTrainingConfig(Config):
     reranker_lr: float = Field(default=3e-5, description="peak AdamW lr of the reranker")
     kl_temperature: float = Field(default=1.0, description="softmax temperature of the KL term")
     retriever_ce_weight: float = Field(
-        default=1.0, description="rocketqav2: weight of the retriever's own listwise CE on the "
-                                 "labelled positive, added to CE + KL (0 = the paper's loss; 1.0 "
-                                 "measured best on SciFact with the cpu preset)")
+        default=1.0, description="rocketqav2 and ar2's retriever phase: weight of the retriever's "
+                                 "own listwise CE on the labelled positive, added to the method's "
+                                 "loss (0 = the paper's loss; 1.0 measured best on SciFact with the "
+                                 "cpu preset)")
     retriever_in_batch: bool = Field(
         default=False, description="rocketqav2: the retriever's CE over every passage of the batch "
                                    "(other lists as in-batch negatives) instead of its own list")
@@ -97,7 +98,8 @@ class JointTrainingConfig(Config):
             "ar2": {"iterations": self.ar2_iterations, "ranker_steps": self.ar2_ranker_steps,
                     "retriever_steps": self.ar2_retriever_steps, "lam": self.ar2_lambda,
                     "temperature": self.kl_temperature, "refresh_every": self.ar2_refresh_every,
-                    "refresh_top_k": self.ar2_refresh_top_k, "seed": self.seed},
+                    "refresh_top_k": self.ar2_refresh_top_k, "seed": self.seed,
+                    "retriever_ce_weight": self.retriever_ce_weight},
             "train": train,
             "ranker_train": {"lr": self.reranker_lr},
             "reranker_lr": self.reranker_lr,

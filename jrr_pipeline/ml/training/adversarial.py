@@ -9,7 +9,8 @@ Zhang et al. 2022, "Adversarial Retriever-Ranker for Dense Text Retrieval" (ICLR
    denoised candidates); with ``refresh_every = 0`` every iteration does (the "no refresh" ablation).
 2. **ranker phase**: ``ranker_steps`` steps of listwise CE of the reranker (``RerankerListTask``).
 3. **retriever phase**: ``retriever_steps`` steps of lambda * adversarial + (1 - lambda) * KL
-   against the frozen ranker (``AR2RetrieverTask`` / ``losses.adversarial``).
+   against the frozen ranker (``AR2RetrieverTask`` / ``losses.adversarial``), plus, when
+   ``retriever_ce_weight`` > 0 (our addition), that weight times the retriever's own listwise CE.
 
 Every phase is a ``train`` call with its own state directory, so a killed run resumes mid-phase
 bit-exactly; finished phases and refreshes leave their checkpoint / list files and are skipped.
@@ -48,6 +49,9 @@ class AR2Config:
     ranker_steps: int = field(default=20, metadata={"help": "optimizer steps per ranker phase"})
     retriever_steps: int = field(default=20, metadata={"help": "optimizer steps per retriever phase"})
     lam: float = field(default=0.5, metadata={"help": "lambda: weight of the adversarial term vs KL"})
+    retriever_ce_weight: float = field(
+        default=0.0, metadata={"help": "our addition: weight of the retriever's listwise CE on the "
+                               "labelled positive in the retriever phase (0 = the paper's loss)"})
     temperature: float = field(default=1.0, metadata={"help": "softmax temperature of both models"})
     refresh_every: int = field(
         default=1, metadata={"help": "refresh the index every N iterations, i.e. every "
@@ -62,6 +66,8 @@ class AR2Config:
                 raise ValueError(f"AR2Config: {name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.lam <= 1.0:
             raise ValueError(f"AR2Config: lam must be in [0, 1], got {self.lam}")
+        if self.retriever_ce_weight < 0:
+            raise ValueError(f"AR2Config: retriever_ce_weight must be >= 0, got {self.retriever_ce_weight}")
 
 
 @dataclass
@@ -145,6 +151,30 @@ def _barrier() -> None:
 PhaseLog = Callable[[int, str, int, dict[str, float]], None]
 
 
+RUN_FILE = "ar2_run.json"
+
+
+def _claim_work_dir(work_dir: Path, config: AR2Config, ranker_train: TrainConfig,
+                    retriever_train: TrainConfig) -> None:
+    """Finished phases in ``work_dir`` are reused on resume, so they must come from the same run:
+    record its configuration there, and refuse a work dir that holds another one."""
+    wanted = json.loads(json.dumps({
+        "ar2": dataclasses.asdict(config), "ranker_train": dataclasses.asdict(ranker_train),
+        "retriever_train": dataclasses.asdict(retriever_train)}, sort_keys=True, default=str))
+    path = work_dir / RUN_FILE
+    if path.exists():
+        held = json.loads(path.read_text(encoding="utf-8"))
+        if held != wanted:
+            changed = sorted(f"{part}.{key}" for part in wanted for key in wanted[part]
+                             if held.get(part, {}).get(key) != wanted[part][key])
+            raise ValueError(f"{path}: this AR2 work dir holds a run with a different configuration "
+                             f"(changed: {', '.join(changed) or 'layout'}); its finished phases "
+                             f"cannot be resumed: remove the folder or choose another work dir")
+    elif is_main_process():
+        write_json_atomic(path, wanted)
+    _barrier()
+
+
 def train_ar2(retriever, reranker, initial_lists: Sequence[CandidateList], config: AR2Config,
               ranker_train: TrainConfig, retriever_train: TrainConfig, work_dir: Path,
               output_dir: Path, refresh_data: RefreshData | None = None,
@@ -166,6 +196,7 @@ def train_ar2(retriever, reranker, initial_lists: Sequence[CandidateList], confi
     work_dir.mkdir(parents=True, exist_ok=True)
     if config.refresh_every and refresh_data is None:
         raise ValueError("train_ar2: refresh_every > 0 needs refresh_data (corpus and train queries)")
+    _claim_work_dir(work_dir, config, ranker_train, retriever_train)
     started = time.perf_counter()
     lists = list(initial_lists)
     list_length = len(lists[0].passages) if lists else 0
@@ -189,7 +220,8 @@ def train_ar2(retriever, reranker, initial_lists: Sequence[CandidateList], confi
         info = dict(info, refreshed=float(refresh), lists=float(len(lists)))
         phases = (
             ("ranker", RerankerListTask(reranker), ranker_train, config.ranker_steps),
-            ("retriever", AR2RetrieverTask(retriever, reranker, config.lam, config.temperature),
+            ("retriever", AR2RetrieverTask(retriever, reranker, config.lam, config.temperature,
+                                           retriever_ce_weight=config.retriever_ce_weight),
              retriever_train, config.retriever_steps),
         )
         for phase, task, base, steps in phases:

@@ -284,16 +284,26 @@ class RerankerListTask:
 
 
 class AR2RetrieverTask:
-    """AR2's retriever phase: ``AR2RetrieverLoss`` against the frozen ranker over the same lists."""
+    """AR2's retriever phase: ``AR2RetrieverLoss`` against the frozen ranker over the same lists.
+
+    ``retriever_ce_weight`` w > 0 (our addition, as in ``RocketQAv2Task``; 0 = the paper) adds
+    w * CE(softmax(s_de), p+), the retriever's own listwise CE on the labelled positive: the
+    adversarial and KL terms only see the ranker, which on a small train set is a weaker ranker
+    than the retriever itself."""
 
     def __init__(self, retriever: DenseRetriever, reranker: CrossEncoderReranker, lam: float = 0.5,
-                 temperature: float = 1.0, chunk_pairs: int = 0) -> None:
+                 temperature: float = 1.0, chunk_pairs: int = 0,
+                 retriever_ce_weight: float = 0.0) -> None:
         from jrr_pipeline.ml.losses.adversarial import AR2RetrieverLoss
 
+        if retriever_ce_weight < 0:
+            raise ValueError(f"AR2RetrieverTask: retriever_ce_weight must be >= 0, got {retriever_ce_weight}")
         self.retriever = retriever
         self.reranker = reranker
         self.chunk_pairs = chunk_pairs
         self.loss_fn = AR2RetrieverLoss(lam=lam, temperature=temperature)
+        self.retriever_ce_weight = retriever_ce_weight
+        self.ce = ListwiseCELoss()
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"retriever": self.retriever}
@@ -304,9 +314,14 @@ class AR2RetrieverTask:
             s_ce = reranker_list_scores(self.reranker, batch, self.chunk_pairs)
         s_de = retriever_list_scores(self.retriever, batch)
         loss = self.loss_fn(s_de, s_ce)
+        metrics = dict(self.loss_fn.last_terms)
+        if self.retriever_ce_weight > 0:
+            retriever_ce = self.ce(s_de)
+            loss = loss + self.retriever_ce_weight * retriever_ce
+            metrics["retriever_ce_loss"] = float(retriever_ce.detach())
         with torch.no_grad():
             acc = float((s_de.argmax(1) == 0).float().mean())
-        return loss, {**self.loss_fn.last_terms, "retriever_acc": acc}
+        return loss, {**metrics, "retriever_acc": acc}
 
     def save(self, output_dir: Path) -> None:
         self.retriever.save_pretrained(output_dir)

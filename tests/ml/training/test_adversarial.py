@@ -16,8 +16,14 @@ from jrr_pipeline.ml.modeling import (
     RetrieverConfig,
 )
 from jrr_pipeline.ml.training import TrainConfig
-from jrr_pipeline.ml.training.adversarial import AR2Config, RefreshData, train_ar2
-from jrr_pipeline.ml.training.joint import CandidateList
+from jrr_pipeline.ml.training.adversarial import (
+    RUN_FILE,
+    AR2Config,
+    RefreshData,
+    _claim_work_dir,
+    train_ar2,
+)
+from jrr_pipeline.ml.training.joint import AR2RetrieverTask, CandidateList, retriever_list_scores
 from jrr_pipeline.ml.training.joint_run import load_joint_config, run_joint
 
 TOPICS = ["apple", "river", "music", "window", "garden", "doctor", "planet", "winter"]
@@ -108,6 +114,35 @@ def test_without_refresh_every_iteration_uses_the_given_lists(tiny_model_dir, tm
     assert summary["completed"]
     assert [info["refreshed"] for _, info in iterations] == [0.0, 0.0]
     assert not (tmp_path / "static/work/iteration-001/lists.json").exists()
+
+
+def test_retriever_ce_weight_adds_the_retrievers_own_listwise_ce(tiny_model_dir):
+    retriever, reranker = models(tiny_model_dir)
+    retriever.eval()  # no dropout: the three forwards below must see the same scores
+    batch = initial_lists()[:4]
+    plain, plain_metrics = AR2RetrieverTask(retriever, reranker).loss(batch)
+    with_ce, metrics = AR2RetrieverTask(retriever, reranker, retriever_ce_weight=0.5).loss(batch)
+    with torch.no_grad():
+        s_de = retriever_list_scores(retriever, batch)
+    own_ce = float(-torch.log_softmax(s_de.float(), dim=-1)[:, 0].mean())
+    assert "retriever_ce_loss" not in plain_metrics
+    assert metrics["retriever_ce_loss"] == pytest.approx(own_ce, rel=1e-5)
+    assert float((with_ce - plain).detach()) == pytest.approx(0.5 * own_ce, rel=1e-4)
+    with pytest.raises(ValueError, match="retriever_ce_weight"):
+        AR2RetrieverTask(retriever, reranker, retriever_ce_weight=-1.0)
+    with pytest.raises(ValueError, match="retriever_ce_weight"):
+        AR2Config(retriever_ce_weight=-0.1)
+
+
+def test_a_work_dir_of_another_configuration_is_refused_not_resumed(tmp_path):
+    config = AR2Config(iterations=2, ranker_steps=2, retriever_steps=2)
+    _claim_work_dir(tmp_path, config, phase_config(), phase_config())
+    assert json.loads((tmp_path / RUN_FILE).read_text())["ar2"]["lam"] == 0.5
+    _claim_work_dir(tmp_path, config, phase_config(), phase_config())  # the same run resumes
+    changed = AR2Config(iterations=2, ranker_steps=2, retriever_steps=2, retriever_ce_weight=1.0)
+    with pytest.raises(ValueError, match=r"ar2_run\.json: .*different configuration "
+                                         r"\(changed: ar2\.retriever_ce_weight\)"):
+        _claim_work_dir(tmp_path, changed, phase_config(), phase_config())
 
 
 def write_tables(tmp_path):
