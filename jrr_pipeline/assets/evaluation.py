@@ -20,7 +20,7 @@ class EvaluationConfig(Config):
     depth: int = Field(default=100, description="retrieval depth per query")
     rerank_depth: int = Field(
         default=20, description="top-k of the retriever the reranker rescores (cpu: 20; on SciFact "
-                                 "it fused to 0.743 nDCG@10 where 100 gave 0.741 at +390 s per "
+                                 "it fused to 0.754 nDCG@10 where 100 gave 0.752 at 5x the time per "
                                  "pair, bench/rerank_settings.py; gpu preset: 100)")
     rerank_batch_size: int = Field(default=64, description="query-passage pairs per reranker batch")
     rerank_fusion_weight: float = Field(

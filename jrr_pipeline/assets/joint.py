@@ -40,8 +40,8 @@ class JointTrainingConfig(Config):
     batch_size: int = Field(default=8, description="query lists per optimizer step")
     epochs: int = Field(default=1, description="passes over the lists (rocketqav2)")
     max_steps: int = Field(default=0, description="rocketqav2: stop after N steps (0 = epochs "
-                           "decide). One epoch of 8 x 8 on SciFact is 101 steps, ~19 min on 2 "
-                           "cores; there it gives nDCG@10 0.730, 60 steps 0.718")
+                           "decide). One epoch of 8 x 8 on SciFact is 101 steps, 11-19 min on 2 "
+                           "cores; there it gives nDCG@10 0.730-0.742, 60 steps 0.718")
     retriever_lr: float = Field(default=3e-5, description="peak AdamW lr of the retriever (it starts "
                                 "from the warm-up checkpoint)")
     reranker_lr: float = Field(default=1e-4, description="peak AdamW lr of the reranker (also AR2's "
