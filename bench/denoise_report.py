@@ -33,8 +33,8 @@ def main() -> None:
     os.environ["JRR_HOME"] = str(home)
     from dagster import AssetKey, DagsterInstance
 
-    from jrr_pipeline.paths import configure_environment
     from jrr_pipeline.resources import Warehouse
+    from jrr_pipeline.resources.home import configure_environment
 
     configure_environment()
     with DagsterInstance.get() as instance:

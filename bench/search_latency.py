@@ -28,8 +28,8 @@ def main() -> None:
 
     import torch
 
+    from jrr_pipeline.cli.search import Searcher
     from jrr_pipeline.resources import ArtifactStore, Warehouse
-    from jrr_pipeline.search import Searcher
 
     torch.set_num_threads(args.threads)
     warehouse = Warehouse()

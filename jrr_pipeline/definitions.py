@@ -1,6 +1,6 @@
 """The Dagster code location (``dagster dev -m jrr_pipeline.definitions``)."""
 
-from jrr_pipeline.paths import configure_environment
+from jrr_pipeline.resources.home import configure_environment
 
 configure_environment()
 

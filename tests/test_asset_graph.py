@@ -11,10 +11,10 @@ import pytest
 from dagster import AssetKey, instance_for_test
 from dagster._core.definitions.data_version import extract_data_version_from_entry
 
-from jrr_pipeline.lineage import model_lineage
+from jrr_pipeline.ops.lineage import model_lineage
+from jrr_pipeline.ops.runner import run_pipeline
+from jrr_pipeline.ops.staleness import stale_or_missing
 from jrr_pipeline.pipeline import build_definitions
-from jrr_pipeline.runner import run_pipeline
-from jrr_pipeline.staleness import stale_or_missing
 
 JOINT = {"joint_retriever", "joint_reranker", "faiss_index", "evaluation_report"}
 ALL_ASSETS = {"corpus", "queries", "qrels", "bm25_index", "bm25_negatives", "warmup_retriever",

@@ -35,9 +35,9 @@ from jrr_pipeline.automation import (
     build_automation,
     parse_cursor,
 )
+from jrr_pipeline.ops.staleness import stale_or_missing
 from jrr_pipeline.pipeline import PIPELINE_JOB, build_definitions
 from jrr_pipeline.resources import DatasetSource
-from jrr_pipeline.staleness import stale_or_missing
 
 TABLES = [AssetKey("corpus"), AssetKey("queries"), AssetKey("qrels")]
 

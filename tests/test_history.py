@@ -8,7 +8,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from jrr_pipeline.history import metric_history, plot_history
+from jrr_pipeline.ops.history import metric_history, plot_history
 from jrr_pipeline.resources import Warehouse
 
 T0 = datetime(2026, 1, 4, 3, 0, 0)

@@ -11,15 +11,15 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from jrr_pipeline.locks import ResourceBusyError, exclusive
 from jrr_pipeline.resources import Warehouse
+from jrr_pipeline.resources.locks import ResourceBusyError, exclusive
 
 
 def hold(lock: Path, seconds: float, ready: Path) -> subprocess.Popen:
     """Another process that takes ``lock`` and keeps it for ``seconds``."""
     code = textwrap.dedent(f"""
         import time, pathlib
-        from jrr_pipeline.locks import exclusive
+        from jrr_pipeline.resources.locks import exclusive
         with exclusive(pathlib.Path({str(lock)!r}), "test resource", owner="holder-run"):
             pathlib.Path({str(ready)!r}).write_text("ok")
             time.sleep({seconds})

@@ -10,7 +10,7 @@ from pathlib import Path
 from dagster import DagsterRunStatus, instance_for_test
 from dagster._core.test_utils import create_run_for_test
 
-from jrr_pipeline.runner import HOST_TAG, PID_TAG, reap_dead_cli_runs
+from jrr_pipeline.ops.runner import HOST_TAG, PID_TAG, reap_dead_cli_runs
 
 
 def dead_pid() -> int:

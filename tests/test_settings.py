@@ -55,7 +55,7 @@ def test_bad_settings_fail_loudly(settings: dict, message: str):
 
 
 def test_pools_on_assets_and_in_the_instance_config(jrr_env: Path):
-    from jrr_pipeline.paths import dagster_home
+    from jrr_pipeline.resources.home import dagster_home
 
     graph = build_definitions("ci", "").resolve_asset_graph()
     pools = {k.to_user_string(): graph.get(k).pools for k in graph.materializable_asset_keys}

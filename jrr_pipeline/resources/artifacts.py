@@ -12,7 +12,7 @@ from pathlib import Path
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from jrr_pipeline.paths import jrr_home
+from jrr_pipeline.resources.home import jrr_home
 
 
 class ArtifactStore(ConfigurableResource):

@@ -39,8 +39,8 @@ class Compute(ConfigurableResource):
     @contextmanager
     def claim(self, owner: str, on_wait=None) -> Iterator[None]:
         """Exclusive use of this device across processes sharing JRR_HOME (waits, then fails clearly)."""
-        from jrr_pipeline.locks import exclusive
-        from jrr_pipeline.paths import jrr_home
+        from jrr_pipeline.resources.home import jrr_home
+        from jrr_pipeline.resources.locks import exclusive
 
         device = self.torch_device()
         timeout = None if self.lock_timeout_s < 0 else self.lock_timeout_s

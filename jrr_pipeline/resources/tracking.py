@@ -9,7 +9,7 @@ from typing import Any
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from jrr_pipeline.paths import jrr_home
+from jrr_pipeline.resources.home import jrr_home
 
 
 class MLflowTracking(ConfigurableResource):

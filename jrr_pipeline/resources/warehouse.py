@@ -11,8 +11,8 @@ import polars as pl
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from jrr_pipeline.locks import exclusive
-from jrr_pipeline.paths import jrr_home
+from jrr_pipeline.resources.home import jrr_home
+from jrr_pipeline.resources.locks import exclusive
 
 SCHEMAS: dict[str, str] = {
     "corpus": "doc_id VARCHAR PRIMARY KEY, title VARCHAR, text VARCHAR",

@@ -103,7 +103,7 @@ def drive_the_ui(base: str, port: int, web, logs: dict[str, Path], deadline: flo
 
 
 def test_materialize_all_from_the_dagster_ui(beir_dir: Path, jrr_env: Path, tmp_path: Path):
-    from jrr_pipeline.paths import dagster_home
+    from jrr_pipeline.resources.home import dagster_home
 
     dagster_home()  # dagster.yaml (telemetry off) under the test's DAGSTER_HOME
     port, grpc_port = free_port(), free_port()

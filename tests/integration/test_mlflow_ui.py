@@ -37,7 +37,7 @@ def test_evaluation_run_in_the_mlflow_ui(beir_dir: Path, jrr_env: Path, tmp_path
                                          monkeypatch: pytest.MonkeyPatch):
     from mlflow.tracking import MlflowClient
 
-    from jrr_pipeline.runner import run_pipeline
+    from jrr_pipeline.ops.runner import run_pipeline
 
     port = free_port()
     uri = f"http://127.0.0.1:{port}"

@@ -44,7 +44,7 @@ def test_webserver_lists_assets(beir_dir: Path, jrr_env: Path):
     port = free_port()
     env = {**os.environ, "JRR_DATA_DIR": str(beir_dir), "JRR_PRESET": "ci",
            "DAGSTER_HOME": str(jrr_env / "dagster")}
-    from jrr_pipeline.paths import dagster_home
+    from jrr_pipeline.resources.home import dagster_home
 
     dagster_home()  # writes dagster.yaml (telemetry off) under DAGSTER_HOME
     bindir = Path(sys.executable).parent

@@ -9,8 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from jrr_pipeline.ops.staleness import stale_or_missing
 from jrr_pipeline.pipeline import PIPELINE_JOB, build_definitions
-from jrr_pipeline.staleness import stale_or_missing
 
 PID_TAG = "jrr/pid"
 HOST_TAG = "jrr/host"

@@ -8,9 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-from jrr_pipeline.locks import ResourceBusyError
-from jrr_pipeline.paths import configure_environment, jrr_home
 from jrr_pipeline.presets import PRESET_NAMES, load_settings, merge_settings, parse_assignments
+from jrr_pipeline.resources.home import configure_environment, jrr_home
+from jrr_pipeline.resources.locks import ResourceBusyError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from jrr_pipeline.runner import run_pipeline
+    from jrr_pipeline.ops.runner import run_pipeline
 
     data_dir = Path(args.data_dir).expanduser().resolve()
     if not data_dir.is_dir():
@@ -120,8 +120,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    from jrr_pipeline.cli.search import Searcher
     from jrr_pipeline.resources import ArtifactStore, Warehouse
-    from jrr_pipeline.search import Searcher
 
     dataset = args.dataset or latest_report(None).parent.name
     started = time.perf_counter()
@@ -171,7 +171,7 @@ def cmd_candidates(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from jrr_pipeline.servers import serve, ui_command, ui_environment
+    from jrr_pipeline.cli.servers import serve, ui_command, ui_environment
 
     if not Path(args.data_dir).expanduser().is_dir():
         raise FileNotFoundError(f"{args.data_dir}: no such dataset directory")
@@ -180,7 +180,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def cmd_mlflow(args: argparse.Namespace) -> int:
-    from jrr_pipeline.servers import mlflow_server_command, serve
+    from jrr_pipeline.cli.servers import mlflow_server_command, serve
 
     print(f"MLflow on http://127.0.0.1:{args.port}; log to it with "
           f"MLFLOW_TRACKING_URI=http://127.0.0.1:{args.port}")
@@ -192,7 +192,7 @@ def cmd_lineage(args: argparse.Namespace) -> int:
 
     from dagster import DagsterInstance
 
-    from jrr_pipeline.lineage import model_lineage
+    from jrr_pipeline.ops.lineage import model_lineage
     from jrr_pipeline.resources import MLflowTracking
 
     uri = args.tracking_uri or MLflowTracking(
@@ -216,7 +216,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    from jrr_pipeline.history import metric_history, plot_history
+    from jrr_pipeline.ops.history import metric_history, plot_history
     from jrr_pipeline.resources import Warehouse
 
     frame = metric_history(Warehouse(), args.dataset, args.measure)

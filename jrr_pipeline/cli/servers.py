@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from jrr_pipeline.paths import dagster_home, jrr_home
+from jrr_pipeline.resources.home import dagster_home, jrr_home
 
 
 def _bin(name: str) -> str:

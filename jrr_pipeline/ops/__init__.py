@@ -1,0 +1,1 @@
+"""Tools over a Dagster instance: stale-only runs, lineage, metric history, staleness."""
