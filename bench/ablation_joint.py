@@ -3,7 +3,7 @@ index refresh.
 
 Each variant starts from the materialized warm-up retriever and reranker and the `candidates` table
 of a `$JRR_HOME` (run `jrr run ../shared/datasets/scifact` first), trains with the `cpu` preset's
-`joint_models` config plus the variant's overrides (through the same `joint_run` entry point the
+`joint_models` settings plus the variant's overrides (through the same training launcher the
 asset uses), then encodes the corpus with the trained retriever (its serving length) and evaluates
 the retriever alone (nDCG@10, R@100) and, with `--pair`, the pair: the trained reranker over the
 retriever's top-`--rerank-depth`, fused as the report does. Not run by the tests.
@@ -37,33 +37,28 @@ VARIANTS: dict[str, dict] = {
 
 def run_variant(name: str, overrides: dict, home: Path, dataset: str, work: Path, pair: bool,
                 depth: int, weight: float) -> dict:
-    from jrr_pipeline.assets.joint import JointTrainingConfig, _monitor_split
+    from jrr_pipeline.assets.joint import monitor_split
     from jrr_pipeline.ml.evaluation import evaluate
     from jrr_pipeline.ml.fusion import rerank_run
     from jrr_pipeline.ml.index import build_index, encode_corpus, passage_texts, search
     from jrr_pipeline.ml.modeling import CrossEncoderReranker, DenseRetriever
     from jrr_pipeline.ml.sparse import run_from_search
-    from jrr_pipeline.ml.training.joint_run import run_joint
+    from jrr_pipeline.ml.training.launch import run, write_run_file
     from jrr_pipeline.resources import Warehouse
+    from jrr_pipeline.settings import resolve_settings
 
     out = work / name
     out.mkdir(parents=True, exist_ok=True)
     warehouse = Warehouse(path=str(home / "warehouse.duckdb"))
     tables = {t: warehouse.table(t) for t in ("queries", "corpus", "qrels", "candidates")}
-    data = {}
-    for table, frame in tables.items():
-        frame.write_parquet(out / f"{table}.parquet")
-        data[table] = str(out / f"{table}.parquet")
     artifacts = home / "artifacts" / dataset
-    config = {**JointTrainingConfig(**overrides).run_config(),
-              "retriever": str(artifacts / "warmup_retriever"),
-              "reranker": str(artifacts / "warmup_reranker"), "data": data,
-              "eval_split": _monitor_split(tables["qrels"]), "output_dir": str(out / "model"),
-              "work_dir": str(out / "work"), "metrics_file": str(out / "metrics.jsonl"),
-              "result_file": str(out / "result.json"), "progress": True}
-    (out / "joint.json").write_text(json.dumps(config, indent=2))
+    settings = resolve_settings("cpu", {"joint_models": overrides})["joint_models"]
+    run_file = write_run_file(out / "run", "joint_models", settings, tables, out / "model",
+                              out / "work", eval_split=monitor_split(tables["qrels"]),
+                              models={"retriever": str(artifacts / "warmup_retriever"),
+                                      "reranker": str(artifacts / "warmup_reranker")})
     started = time.perf_counter()
-    result = run_joint(out / "joint.json")
+    result = run(run_file)
     train_s = time.perf_counter() - started
 
     corpus, queries, qrels = tables["corpus"], tables["queries"], tables["qrels"]
@@ -75,17 +70,19 @@ def run_variant(name: str, overrides: dict, home: Path, dataset: str, work: Path
     qtext = dict(zip(queries["query_id"].to_list(), queries["text"].to_list(), strict=True))
     doc_ids = corpus["doc_id"].to_list()
     hits, scores = search(index, doc_ids, retriever.embed([qtext[q] for q in qids], kind="query"), 100)
-    run = run_from_search(qids, hits, scores)
+    first_stage = run_from_search(qids, hits, scores)
     measures = ["nDCG@10", "R@100"]
     row: dict = {"variant": name, "overrides": overrides, "steps": result.get("steps"),
                  "lists": result["lists"], "train_s": round(train_s, 1),
                  "encode_s": round(encode_s, 1),
-                 **{k: round(v, 4) for k, v in evaluate(run, qrels, measures, split="test").items()}}
+                 **{k: round(v, 4) for k, v in evaluate(first_stage, qrels, measures,
+                                                        split="test").items()}}
     if pair:
         reranker = CrossEncoderReranker.from_pretrained(str(out / "model" / "reranker")).eval()
         ptext = dict(zip(doc_ids, passage_texts(corpus), strict=True))
         started = time.perf_counter()
-        fused, alone = rerank_run(reranker, run, qtext, ptext, depth, weight, progress=True)
+        fused, alone = rerank_run(reranker, first_stage, qtext, ptext, depth, weight,
+                                  progress=True)
         row["rerank_s"] = round(time.perf_counter() - started, 1)
         row[f"pair_top{depth}_nDCG@10"] = round(evaluate(fused, qrels, ["nDCG@10"], split="test")
                                                 ["nDCG@10"], 4)

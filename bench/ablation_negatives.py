@@ -2,7 +2,7 @@
 
 (a) raw BM25 negatives, (b) dense negatives, (c) the denoised hybrid lists of the `candidates`
 table, (d) SimANS sampling over the dense top-100 (scores of the warm-up retriever). Everything
-else is the `cpu` preset's warm-up retriever config. Reads a materialized `$JRR_HOME` (run
+else is the `cpu` preset's warm-up retriever settings. Reads a materialized `$JRR_HOME` (run
 `jrr run ../shared/datasets/scifact` first). Not run by the tests.
 
     .venv/bin/python bench/ablation_negatives.py [--variants bm25,dense,denoised,simans]
@@ -72,30 +72,22 @@ def simans_negatives(warehouse, home: Path, dataset: str, n_neg: int, seed: int,
     return pl.DataFrame(rows, schema=["query_id", "doc_id", "rank", "source"], orient="row")
 
 
-def train_and_evaluate(variant: str, negatives: pl.DataFrame, warehouse, work: Path, base: dict
+def train_and_evaluate(variant: str, negatives: pl.DataFrame, warehouse, work: Path, settings
                        ) -> dict:
     from jrr_pipeline.ml.evaluation import evaluate
     from jrr_pipeline.ml.index import build_index, encode_corpus, search
     from jrr_pipeline.ml.modeling import DenseRetriever
     from jrr_pipeline.ml.sparse import run_from_search
-    from jrr_pipeline.ml.training.run import run
+    from jrr_pipeline.ml.training.launch import run, write_run_file
 
     out = work / variant
-    out.mkdir(parents=True, exist_ok=True)
-    data = {}
-    for name in ("queries", "corpus", "qrels"):
-        warehouse.table(name).write_parquet(out / f"{name}.parquet")
-        data[name] = str(out / f"{name}.parquet")
-    negatives.write_parquet(out / "negatives.parquet")
-    data["negatives"] = str(out / "negatives.parquet")
-    config = json.loads(json.dumps(base))
-    config.update({"task": "retriever", "data": data, "output_dir": str(out / "model"),
-                   "state_dir": str(out / "state"), "metrics_file": str(out / "metrics.jsonl"),
-                   "result_file": str(out / "result.json"), "progress": True})
-    config["examples"]["source"] = negatives["source"][0]
-    (out / "run_config.json").write_text(json.dumps(config, indent=1))
+    tables = {name: warehouse.table(name) for name in ("queries", "corpus", "qrels")}
+    # the warm-up draws its negatives from the rows labelled bm25: here, this variant's rows
+    tables["negatives"] = negatives.with_columns(source=pl.lit("bm25"))
+    run_file = write_run_file(out / "run", "warmup_retriever", settings, tables, out / "model",
+                              out / "state")
     started = time.perf_counter()
-    run("retriever", out / "run_config.json")
+    run(run_file)
     train_s = time.perf_counter() - started
 
     retriever = DenseRetriever.from_pretrained(str(out / "model")).eval()
@@ -121,26 +113,18 @@ def main() -> None:
     parser.add_argument("--out", default="bench/results/ablation_negatives.json")
     args = parser.parse_args()
 
-    from jrr_pipeline.assets.warmup import WarmupRetrieverConfig
     from jrr_pipeline.resources import Warehouse
+    from jrr_pipeline.settings import resolve_settings
 
     home = Path(args.home).resolve()
     warehouse = Warehouse(path=str(home / "warehouse.duckdb"))
-    cfg = WarmupRetrieverConfig()
-    base = {
-        "model": {"path": cfg.base_model, "base_model": cfg.base_model, "pooling": cfg.pooling,
-                  "normalize": cfg.normalize, "temperature": cfg.temperature,
-                  "shared_encoder": cfg.shared_encoder, "query_max_length": cfg.query_max_length,
-                  "passage_max_length": cfg.passage_max_length,
-                  "gradient_checkpointing": cfg.gradient_checkpointing},
-        "examples": {**cfg.examples_section(), "rank_window": [1, 100]},
-        "train": cfg.train_section(),
-    }
+    cfg = resolve_settings("cpu")["warmup_retriever"]
     rows = []
     for variant in args.variants.split(","):
         negatives = negatives_for(variant, warehouse, home, args.dataset, cfg.n_negatives, cfg.seed,
                                   args.simans_a, args.simans_b)
-        rows.append(train_and_evaluate(variant, negatives, warehouse, Path(args.work).resolve(), base))
+        rows.append(train_and_evaluate(variant, negatives, warehouse, Path(args.work).resolve(),
+                                       cfg))
         print(rows[-1], flush=True)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(rows, indent=2))

@@ -22,8 +22,8 @@ sys.path.insert(0, str(REPO))
 from jrr_pipeline.ml.data import load_dataset  # noqa: E402
 from jrr_pipeline.ml.evaluation import evaluate, markdown_table  # noqa: E402
 from jrr_pipeline.ml.sparse import (  # noqa: E402
-    BM25Config,
     BM25Index,
+    BM25IndexSettings,
     corpus_texts,
     mine_negatives,
     run_from_search,
@@ -51,7 +51,7 @@ def main() -> None:
     corpus, queries, qrels, loader = load_beir(args.data)
     t_load = time.perf_counter() - t0
 
-    config = BM25Config()
+    config = BM25IndexSettings()
     t0 = time.perf_counter()
     index = BM25Index.build(
         corpus["doc_id"].to_list(), corpus_texts(corpus, config.include_title), config

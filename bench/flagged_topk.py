@@ -23,14 +23,16 @@ def main() -> None:
 
     import polars as pl
 
-    from jrr_pipeline.assets.candidates import DenoisedCandidatesConfig, score_frame
+    from jrr_pipeline.assets.candidates import score_frame
     from jrr_pipeline.ml.denoise import calibrate, decide, denoise_stats
     from jrr_pipeline.ml.index import passage_texts
     from jrr_pipeline.ml.modeling import CrossEncoderReranker
     from jrr_pipeline.resources import ArtifactStore, Warehouse
+    from jrr_pipeline.settings import resolve_settings
 
     warehouse = Warehouse()
-    config = DenoisedCandidatesConfig(top_k=args.top_k)
+    config = resolve_settings("cpu", {"denoised_candidates": {"top_k": args.top_k}})[
+        "denoised_candidates"]
     frame = score_frame(warehouse, config)
     corpus = warehouse.table("corpus")
     passages = dict(zip(corpus["doc_id"].to_list(), passage_texts(corpus), strict=True))
@@ -42,9 +44,8 @@ def main() -> None:
     started = time.perf_counter()
     scores = reranker.predict(pairs, batch_size=args.batch_size, progress=True)
     seconds = time.perf_counter() - started
-    denoise = config.denoise_config()
     decided = decide(calibrate(frame.with_columns(ce_score=pl.Series(scores, dtype=pl.Float64)),
-                               denoise.calibration), denoise)
+                               config.calibration), config)
     stats = {"top_k": args.top_k, "pairs": len(pairs), "seconds": round(seconds, 1),
              **denoise_stats(decided)}
     print(json.dumps(stats, indent=1))

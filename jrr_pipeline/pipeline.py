@@ -13,8 +13,8 @@ from dagster import (
 
 from jrr_pipeline.assets import ASSET_CHECKS, build_assets
 from jrr_pipeline.automation import build_automation
-from jrr_pipeline.presets import check_preset, load_settings, settings_applied
 from jrr_pipeline.resources import ArtifactStore, Compute, DatasetSource, MLflowTracking, Warehouse
+from jrr_pipeline.settings import check_preset, load_settings, resolve_settings
 
 PIPELINE_JOB = "jrr_pipeline_job"
 
@@ -33,11 +33,12 @@ def build_resources(data_dir: str | None = None, dataset_name: str = "") -> dict
 def build_definitions(preset: str | None = None, data_dir: str | None = None,
                       settings: dict | None = None) -> Definitions:
     """The code location. ``preset`` defaults to $JRR_PRESET (else ``cpu``); ``settings``
-    (asset -> field -> value) default to the TOML file named by $JRR_SETTINGS."""
+    (stage -> field -> value) default to the TOML file named by $JRR_SETTINGS. Every stage's
+    settings are resolved and validated here, before any asset runs."""
     preset = check_preset(preset or os.environ.get("JRR_PRESET", "cpu"))
     _forget_closed_defs_state_storage()
-    with settings_applied(load_settings() if settings is None else settings):
-        assets = build_assets(preset)
+    user = load_settings() if settings is None else settings
+    assets = build_assets(resolve_settings(preset, user))
     pipeline = define_asset_job(
         PIPELINE_JOB,
         selection=AssetSelection.all(),

@@ -1,4 +1,4 @@
-"""Thin Dagster assets, one module per stage; ``build_assets`` applies a preset's defaults."""
+"""Thin Dagster assets, one module per group; ``build_assets`` gives each its resolved settings."""
 
 from __future__ import annotations
 
@@ -10,20 +10,22 @@ from jrr_pipeline.assets.joint import build_joint_assets
 from jrr_pipeline.assets.negatives import NEGATIVES_CHECKS, build_negatives_assets
 from jrr_pipeline.assets.serving import SERVING_CHECKS, build_serving_assets
 from jrr_pipeline.assets.warmup import build_warmup_assets
+from jrr_pipeline.ml.settings import Settings
 
 
-def build_assets(preset: str) -> list:
-    """All asset definitions (the observable source included) with ``preset``'s config defaults."""
+def build_assets(settings: dict[str, Settings]) -> list:
+    """All asset definitions (the observable source included); ``settings`` holds every stage's
+    resolved settings (``jrr_pipeline.settings.resolve_settings``), their Config defaults."""
     return [
         dataset_files,
-        *build_data_assets(preset),
-        *build_negatives_assets(preset),
-        *build_warmup_assets(preset),
-        *build_dense_assets(preset),
-        *build_candidates_assets(preset),
-        *build_joint_assets(preset),
-        *build_serving_assets(preset),
-        *build_evaluation_assets(preset),
+        *build_data_assets(),
+        *build_negatives_assets(settings),
+        *build_warmup_assets(settings),
+        *build_dense_assets(settings),
+        *build_candidates_assets(settings),
+        *build_joint_assets(settings),
+        *build_serving_assets(settings),
+        *build_evaluation_assets(settings),
     ]
 
 

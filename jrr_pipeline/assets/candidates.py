@@ -9,48 +9,21 @@ from dagster import (
     AssetCheckSeverity,
     AssetExecutionContext,
     AssetKey,
-    Config,
     MaterializeResult,
     MetadataValue,
     asset,
     asset_check,
 )
-from pydantic import Field
 
-from jrr_pipeline.assets.common import DEVICE_POOL, dagster_tags
-from jrr_pipeline.presets import code_version, preset_config
+from jrr_pipeline.assets.common import DEVICE_POOL, dagster_tags, log_params, stage_config
+from jrr_pipeline.ml.settings import DenoisedCandidatesSettings, Settings
 from jrr_pipeline.resources import ArtifactStore, Compute, DatasetSource, MLflowTracking, Warehouse
+from jrr_pipeline.settings import code_version
 
 GROUP = "candidates"
 
 
-class DenoisedCandidatesConfig(Config):
-    top_k: int = Field(default=10, description="top-k of each source (BM25, dense) scored per train "
-                                               "query (paper: 30+; 10 keeps the cpu preset in budget)")
-    sources: list[str] = Field(default=["bm25", "dense"], description="negatives sources merged")
-    tau_neg: float = Field(default=0.1, description="keep a negative only if its probability < this")
-    tau_pos: float = Field(default=0.9, description="pseudo positive above this (when promoted)")
-    promote_pseudo_positives: bool = Field(
-        default=False, description="turn unlabelled passages above tau_pos into positives")
-    calibration: str = Field(
-        default="relative", description="relative: sigmoid(s - s_positive) | sigmoid | softmax")
-    list_length: int = Field(default=8, description="candidates per query list (positive + negatives)")
-    denoised_ratio: float = Field(
-        default=0.5, description="share of a list's negatives drawn from the denoised set "
-                                 "(the rest from the undenoised retrieved set)")
-    batch_size: int = Field(default=64, description="query-passage pairs per reranker batch")
-    seed: int = Field(default=42, description="seed of the list sampling")
-
-    def denoise_config(self):
-        from jrr_pipeline.ml.denoise import DenoiseConfig
-
-        return DenoiseConfig(top_k=self.top_k, tau_neg=self.tau_neg, tau_pos=self.tau_pos,
-                             promote_pseudo_positives=self.promote_pseudo_positives,
-                             calibration=self.calibration, list_length=self.list_length,
-                             denoised_ratio=self.denoised_ratio, seed=self.seed)
-
-
-def score_frame(warehouse: Warehouse, config: DenoisedCandidatesConfig) -> pl.DataFrame:
+def score_frame(warehouse: Warehouse, config: DenoisedCandidatesSettings) -> pl.DataFrame:
     """Positives + merged retrieved candidates of every train query, without scores yet."""
     from jrr_pipeline.ml.denoise import merge_retrieved
 
@@ -68,15 +41,16 @@ def score_frame(warehouse: Warehouse, config: DenoisedCandidatesConfig) -> pl.Da
     return frame.sort("query_id", "is_positive", "rank", "doc_id", descending=[False, True, False, False])
 
 
-def build_candidates_assets(preset: str) -> list:
-    Cfg = preset_config(DenoisedCandidatesConfig, "denoised_candidates", preset)
+def build_candidates_assets(settings: dict[str, Settings]) -> list:
+    Cfg = stage_config(settings["denoised_candidates"])
 
     @asset(
         name="denoised_candidates",
         group_name=GROUP,
         pool=DEVICE_POOL,
         deps=["warmup_reranker", "bm25_negatives", "dense_negatives", "corpus", "queries", "qrels"],
-        code_version=code_version(Cfg, __name__, "jrr_pipeline.ml.denoise"),
+        code_version=code_version(settings["denoised_candidates"], __name__,
+                                  "jrr_pipeline.ml.denoise"),
         description="RocketQA denoising of BM25 + dense top-k with the warm-up reranker, then "
                     "RocketQAv2 hybrid lists -> the `candidates` table (label, source, ce_score)",
     )
@@ -85,8 +59,8 @@ def build_candidates_assets(preset: str) -> list:
                             mlflow_tracking: MLflowTracking) -> MaterializeResult:
         with compute.claim(f"denoised_candidates ({context.run.run_id[:8]})",
                            on_wait=context.log.warning):
-            return _denoised_candidates(context, config, warehouse, artifacts, dataset, compute,
-                                        mlflow_tracking)
+            return _denoised_candidates(context, config.settings(), warehouse, artifacts, dataset,
+                                        compute, mlflow_tracking)
 
     return [denoised_candidates]
 
@@ -99,7 +73,6 @@ def _denoised_candidates(context, config, warehouse, artifacts, dataset, compute
     from jrr_pipeline.ml.modeling import CrossEncoderReranker
 
     name = dataset.dataset_name
-    denoise = config.denoise_config()
     compute.apply_threads()
     frame = score_frame(warehouse, config)
     corpus = warehouse.table("corpus")
@@ -117,19 +90,19 @@ def _denoised_candidates(context, config, warehouse, artifacts, dataset, compute
     score_s = time.perf_counter() - started
     context.log.info(f"scored {len(pairs)} pairs in {score_s:.0f}s ({len(pairs) / max(score_s, 1e-9):.0f}/s)")
     decided = decide(calibrate(frame.with_columns(ce_score=pl.Series(scores, dtype=pl.Float64)),
-                               denoise.calibration), denoise)
-    candidates, list_stats = hybrid_lists(decided, denoise)
+                               config.calibration), config)
+    candidates, list_stats = hybrid_lists(decided, config)
     warehouse.replace_tables({"candidates": candidates})
 
     stats = denoise_stats(decided)
     out_dir = artifacts.path(name, "denoised_candidates")
-    plot = _histogram(decided, out_dir, denoise.tau_neg)
+    plot = _histogram(decided, out_dir, config.tau_neg)
     with tracking.start_run(f"denoised_candidates-{name}", tags={**dagster_tags(context),
                                                                   "dataset": name}) as run:
         import mlflow
 
         tracking.log_dataset_input(name, str(dataset.directory), dataset.content_hashes())
-        mlflow.log_params(config.model_dump())
+        log_params(config.to_dict())
         mlflow.log_metrics({k: float(v) for k, v in stats.items() if isinstance(v, (int, float))})
         mlflow.log_artifact(str(plot))
         run_id = run.info.run_id

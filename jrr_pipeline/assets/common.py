@@ -1,11 +1,20 @@
-"""Small helpers shared by the asset modules."""
+"""What the asset modules share: pools, data versions, MLflow tags, the Config of a stage's
+settings and the training launch."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import json
+import typing
+from pathlib import Path
+from typing import Any, ClassVar
 
 import polars as pl
-from dagster import AssetExecutionContext, AssetKey
+import pydantic
+from dagster import AssetExecutionContext, AssetKey, Config
+
+from jrr_pipeline.ml.settings import STAGES, Settings
 
 # Dagster concurrency pools (limit 1 each in the instance's dagster.yaml written by paths.py).
 DEVICE_POOL = "jrr_device"  # steps that train, encode or rerank
@@ -52,3 +61,72 @@ def input_data_versions(context: AssetExecutionContext) -> dict[str, str]:
         if version is not None:
             versions[key.to_user_string()] = version.value
     return versions
+
+
+class StageConfig(Config):
+    """Base of every asset's Config: ``settings()`` returns the validated stage dataclass."""
+
+    stage_name: ClassVar[str] = ""
+
+    def settings(self) -> Settings:
+        return STAGES[self.stage_name].from_dict(self.model_dump(), "run config")
+
+
+def stage_config(settings: Settings) -> type[StageConfig]:
+    """The Dagster Config of ``settings``' stage: one field per knob, the resolved values as
+    defaults and the knob's help as description (what the UI's launchpad shows)."""
+    cls = type(settings)
+    hints = typing.get_type_hints(cls)
+    fields: dict[str, Any] = {}
+    for f in cls.knobs():
+        value = getattr(settings, f.name)
+        default = (pydantic.Field(default_factory=lambda v=value: copy.deepcopy(v),
+                                  description=f.metadata.get("help"))
+                   if isinstance(value, list | dict) else
+                   pydantic.Field(default=value, description=f.metadata.get("help")))
+        fields[f.name] = (hints[f.name], default)
+    base = type(f"{cls.__name__}Base", (StageConfig,), {"stage_name": cls.stage,
+                                                        "__module__": __name__})
+    return pydantic.create_model(cls.__name__.removesuffix("Settings") + "Config", __base__=base,
+                                 __module__=__name__, **fields)
+
+
+def registered_model_name(dataset: str, asset_name: str) -> str:
+    """Model Registry name of a trained asset, e.g. 'jrr-scifact-warmup_retriever'."""
+    return f"jrr-{dataset}-{asset_name}"
+
+
+def state_dir_for(root: Path, asset: str, key: dict[str, Any]) -> Path:
+    """Training state lives beside the artifacts, keyed by ``key`` (settings and inputs): a
+    changed run starts afresh, an unchanged one resumes where a killed run stopped."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+    return root / ".state" / f"{asset}-{digest[:12]}"
+
+
+def run_training(context: AssetExecutionContext, stage: str, settings: Settings,
+                 tables: dict[str, pl.DataFrame], artifacts_root: Path, output_dir: Path,
+                 compute, models: dict[str, str] | None = None, eval_split: str | None = None,
+                 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Write a run file for ``stage`` and train it in this process or under torchrun
+    (``compute.nproc``); returns (result, metric records). The state directory is keyed by the
+    settings and the upstream data versions, so a killed run resumes and a changed one does not."""
+    from jrr_pipeline.ml.training.launch import launch, read_metrics, write_run_file
+
+    key = {"settings": settings.to_dict(), "inputs": input_data_versions(context)}
+    state = state_dir_for(artifacts_root, stage, key)
+    run_file = write_run_file(state / "run", stage, settings, tables, output_dir,
+                              state / "train", models=models, eval_split=eval_split)
+    compute.apply_threads()
+    where = f"torchrun with {compute.nproc} processes" if compute.nproc > 1 else "in-process"
+    context.log.info(f"{stage}: training {where} (run file {run_file})")
+    result = launch(run_file, compute.nproc)
+    return result, read_metrics(run_file.parent / "metrics.jsonl")
+
+
+def log_params(params: dict[str, Any]) -> None:
+    """Settings as MLflow params (nested values as JSON, each cut to MLflow's 500 characters)."""
+    import mlflow
+
+    flat = {k: (json.dumps(v) if isinstance(v, dict | list | tuple) else v)
+            for k, v in params.items()}
+    mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})

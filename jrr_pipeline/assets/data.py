@@ -18,9 +18,9 @@ from dagster import (
 
 from jrr_pipeline.assets.common import WAREHOUSE_POOL, frame_version
 from jrr_pipeline.ml.data import duplicate_ids, empty_texts, split_overlap, unresolved_qrels
-from jrr_pipeline.presets import code_version
 from jrr_pipeline.resources import DatasetSource, Warehouse
 from jrr_pipeline.resources.dataset import files_digest
+from jrr_pipeline.settings import code_version
 
 GROUP = "data"
 SAMPLE = 10  # ids shown in check metadata
@@ -39,7 +39,7 @@ def dataset_files(context, dataset: DatasetSource) -> ObserveResult:
     })
 
 
-def build_data_assets(preset: str) -> list:
+def build_data_assets() -> list:
     version = code_version(None, __name__, "jrr_pipeline.ml.data")
 
     @multi_asset(

@@ -3,22 +3,15 @@
 import time
 
 import polars as pl
-from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
-from pydantic import Field
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
-from jrr_pipeline.assets.common import DEVICE_POOL
-from jrr_pipeline.presets import code_version, preset_config
+from jrr_pipeline.assets.common import DEVICE_POOL, stage_config
+from jrr_pipeline.ml.settings import Settings
 from jrr_pipeline.resources import ArtifactStore, Compute, DatasetSource, Warehouse
+from jrr_pipeline.settings import code_version
 
 GROUP = "negatives"
 WARMUP_INDEX = "warmup_index"  # artifact folder of the warm-up retriever's corpus index
-
-
-class DenseNegativesConfig(Config):
-    top_k: int = Field(default=100, description="retriever depth mined per train query")
-    split: str = Field(default="train", description="qrels split whose queries are mined")
-    factory: str = Field(default="Flat", description="FAISS index_factory string (inner product)")
-    batch_size: int = Field(default=64, description="passages per encoding batch")
 
 
 def load_retriever(path, compute: Compute):
@@ -39,15 +32,15 @@ def encode_queries(retriever, texts: list[str], compute: Compute, batch_size: in
                            autocast_dtype=autocast_dtype(compute))
 
 
-def build_dense_assets(preset: str) -> list:
-    DenseCfg = preset_config(DenseNegativesConfig, "dense_negatives", preset)
+def build_dense_assets(settings: dict[str, Settings]) -> list:
+    DenseCfg = stage_config(settings["dense_negatives"])
 
     @asset(
         name="dense_negatives",
         group_name=GROUP,
         pool=DEVICE_POOL,
         deps=["warmup_retriever", "corpus", "queries", "qrels"],
-        code_version=code_version(DenseCfg, __name__, "jrr_pipeline.ml.index"),
+        code_version=code_version(settings["dense_negatives"], __name__, "jrr_pipeline.ml.index"),
         description="Encode the corpus with the warm-up retriever, index it with FAISS (kept as the "
                     "warmup_index artifact), mine top-k per train query minus positives -> negatives",
     )
@@ -55,7 +48,8 @@ def build_dense_assets(preset: str) -> list:
                         artifacts: ArtifactStore, dataset: DatasetSource,
                         compute: Compute) -> MaterializeResult:
         with compute.claim(f"dense_negatives ({context.run.run_id[:8]})", on_wait=context.log.warning):
-            return _dense_negatives(context, config, warehouse, artifacts, dataset, compute)
+            return _dense_negatives(context, config.settings(), warehouse, artifacts, dataset,
+                                    compute)
 
     return [dense_negatives]
 

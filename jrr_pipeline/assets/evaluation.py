@@ -4,29 +4,16 @@
 import time
 
 import polars as pl
-from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
-from pydantic import Field
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
-from jrr_pipeline.assets.common import DEVICE_POOL, dagster_tags
+from jrr_pipeline.assets.common import DEVICE_POOL, dagster_tags, stage_config
 from jrr_pipeline.assets.dense import WARMUP_INDEX
-from jrr_pipeline.presets import code_version, preset_config
+from jrr_pipeline.ml.settings import Settings
 from jrr_pipeline.resources import ArtifactStore, Compute, DatasetSource, MLflowTracking, Warehouse
+from jrr_pipeline.settings import code_version
 
 GROUP = "evaluation"
 RECALL_CURVE_KS = (1, 5, 10, 20, 50, 100)
-
-
-class EvaluationConfig(Config):
-    depth: int = Field(default=100, description="retrieval depth per query")
-    rerank_depth: int = Field(
-        default=20, description="top-k of the retriever the reranker rescores (cpu: 20; on SciFact "
-                                 "it fused to 0.754 nDCG@10 where 100 gave 0.752 at 5x the time per "
-                                 "pair, bench/rerank_settings.py; gpu preset: 100)")
-    rerank_batch_size: int = Field(default=64, description="query-passage pairs per reranker batch")
-    rerank_fusion_weight: float = Field(
-        default=0.5, description="reranking score = w * z(reranker) + (1 - w) * z(retriever) per query "
-                                 "(1.0 = reranker alone; that row is also reported as *_ce_only)")
-    bm25_threads: int = Field(default=1, description="bm25s search threads")
 
 
 def mlflow_metric_name(system: str, measure: str) -> str:
@@ -85,8 +72,8 @@ def _query_texts(warehouse: Warehouse, query_ids: list[str]) -> list[str]:
     return [lookup[q] for q in query_ids]
 
 
-def build_evaluation_assets(preset: str) -> list:
-    EvalConfig = preset_config(EvaluationConfig, "evaluation_report", preset)
+def build_evaluation_assets(settings: dict[str, Settings]) -> list:
+    EvalConfig = stage_config(settings["evaluation_report"])
 
     @asset(
         name="evaluation_report",
@@ -95,7 +82,7 @@ def build_evaluation_assets(preset: str) -> list:
         deps=["bm25_index", "dense_negatives", "warmup_retriever", "warmup_reranker", "faiss_index",
               "joint_retriever", "joint_reranker", "queries", "qrels"],
         code_version=code_version(
-            EvalConfig, __name__, "jrr_pipeline.ml.evaluation.metrics",
+            settings["evaluation_report"], __name__, "jrr_pipeline.ml.evaluation.metrics",
             "jrr_pipeline.ml.evaluation.report", "jrr_pipeline.ml.index",
         ),
         description="nDCG@10, RR@10, R@k, MAP of every system (ir-measures) -> JSON, markdown, plots, MLflow",

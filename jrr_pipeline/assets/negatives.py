@@ -7,47 +7,30 @@ from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
     AssetExecutionContext,
-    Config,
     MaterializeResult,
     MetadataValue,
     asset,
     asset_check,
 )
-from pydantic import Field
 
-from jrr_pipeline.assets.common import WAREHOUSE_POOL
-from jrr_pipeline.presets import code_version, preset_config
+from jrr_pipeline.assets.common import WAREHOUSE_POOL, stage_config
+from jrr_pipeline.ml.settings import Settings
 from jrr_pipeline.resources import ArtifactStore, DatasetSource, Warehouse
+from jrr_pipeline.settings import code_version
 
 GROUP = "negatives"
 
 
-class BM25IndexConfig(Config):
-    k1: float = Field(default=1.2, description="BM25 term-frequency saturation (Lucene default)")
-    b: float = Field(default=0.75, description="BM25 length normalisation")
-    method: str = Field(default="lucene", description="bm25s scoring variant")
-    include_title: bool = Field(default=True, description="index 'title text' instead of text only")
-
-
-class BM25NegativesConfig(Config):
-    top_k: int = Field(default=100, description="BM25 depth mined per train query")
-    split: str = Field(default="train", description="qrels split whose queries are mined")
-    min_negatives: int = Field(
-        default=10, description="queries with fewer negatives than this are reported in metadata"
-    )
-    threads: int = Field(default=1, description="bm25s search threads")
-
-
-def build_negatives_assets(preset: str) -> list:
-    IndexConfig = preset_config(BM25IndexConfig, "bm25_index", preset)
-    NegConfig = preset_config(BM25NegativesConfig, "bm25_negatives", preset)
+def build_negatives_assets(settings: dict[str, Settings]) -> list:
+    IndexConfig = stage_config(settings["bm25_index"])
+    NegConfig = stage_config(settings["bm25_negatives"])
 
     @asset(
         name="bm25_index",
         pool=WAREHOUSE_POOL,
         group_name=GROUP,
         deps=["corpus"],
-        code_version=code_version(IndexConfig, __name__, "jrr_pipeline.ml.sparse"),
+        code_version=code_version(settings["bm25_index"], __name__, "jrr_pipeline.ml.sparse"),
         description="bm25s (Lucene variant, PyStemmer English, English stopwords) over the corpus",
     )
     def bm25_index(
@@ -57,12 +40,11 @@ def build_negatives_assets(preset: str) -> list:
         artifacts: ArtifactStore,
         dataset: DatasetSource,
     ) -> MaterializeResult:
-        from jrr_pipeline.ml.sparse import BM25Config, BM25Index, corpus_texts
+        from jrr_pipeline.ml.sparse import BM25Index, corpus_texts
 
         corpus = warehouse.table("corpus")
         started = time.perf_counter()
-        bm25_config = BM25Config(k1=config.k1, b=config.b, method=config.method,
-                                 include_title=config.include_title)
+        bm25_config = config.settings()
         index = BM25Index.build(corpus["doc_id"].to_list(),
                                 corpus_texts(corpus, config.include_title), bm25_config)
         path = artifacts.path(dataset.dataset_name, "bm25_index")
@@ -80,7 +62,7 @@ def build_negatives_assets(preset: str) -> list:
         pool=WAREHOUSE_POOL,
         group_name=GROUP,
         deps=["bm25_index", "queries", "qrels"],
-        code_version=code_version(NegConfig, __name__, "jrr_pipeline.ml.sparse"),
+        code_version=code_version(settings["bm25_negatives"], __name__, "jrr_pipeline.ml.sparse"),
         description="BM25 top-k of every train query minus its labelled positives -> negatives table",
     )
     def bm25_negatives(

@@ -7,40 +7,30 @@ from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
     AssetExecutionContext,
-    Config,
     MaterializeResult,
     MetadataValue,
     asset,
     asset_check,
 )
-from pydantic import Field
 
-from jrr_pipeline.assets.common import DEVICE_POOL
+from jrr_pipeline.assets.common import DEVICE_POOL, stage_config
 from jrr_pipeline.assets.dense import autocast_dtype, load_retriever
-from jrr_pipeline.presets import code_version, preset_config
+from jrr_pipeline.ml.settings import Settings
 from jrr_pipeline.resources import ArtifactStore, Compute, DatasetSource, Warehouse
+from jrr_pipeline.settings import code_version
 
 GROUP = "serving"
 
 
-class FaissIndexConfig(Config):
-    factory: str = Field(
-        default="Flat", description="FAISS index_factory string, inner product. On SciFact (5k "
-        "passages) Flat is exact and fast; HNSW32 (efSearch 128) kept recall@10 0.9997 there")
-    hnsw_ef_search: int = Field(default=128, description="efSearch of HNSW indexes")
-    nprobe: int = Field(default=16, description="nprobe of IVF indexes")
-    batch_size: int = Field(default=64, description="passages per encoding batch")
-
-
-def build_serving_assets(preset: str) -> list:
-    IndexCfg = preset_config(FaissIndexConfig, "faiss_index", preset)
+def build_serving_assets(settings: dict[str, Settings]) -> list:
+    IndexCfg = stage_config(settings["faiss_index"])
 
     @asset(
         name="faiss_index",
         group_name=GROUP,
         pool=DEVICE_POOL,
         deps=["joint_retriever", "corpus"],
-        code_version=code_version(IndexCfg, __name__, "jrr_pipeline.ml.index"),
+        code_version=code_version(settings["faiss_index"], __name__, "jrr_pipeline.ml.index"),
         description="Corpus embeddings of the joint retriever in a FAISS index (what `jrr search` "
                     "and the report's joint rows search)",
     )

@@ -8,9 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-from jrr_pipeline.presets import PRESET_NAMES, load_settings, merge_settings, parse_assignments
 from jrr_pipeline.resources.home import configure_environment, jrr_home
 from jrr_pipeline.resources.locks import ResourceBusyError
+from jrr_pipeline.settings import PRESET_NAMES, load_settings, merge_settings, parse_assignments
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,9 +29,16 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--quiet", action="store_true", help="only print the summary")
     run.add_argument("--dry-run", action="store_true",
                      help="only list what is stale now and what lies downstream of it")
-    run.add_argument("--set", action="append", default=[], metavar="ASSET.FIELD=VALUE",
+    run.add_argument("--set", action="append", default=[], metavar="STAGE.FIELD=VALUE",
                      help="override one setting (repeatable), e.g. warmup_reranker.lr=3e-5; "
                           "applied over $JRR_SETTINGS (a TOML file) and the preset")
+
+    show = sub.add_parser("settings", help="print the resolved settings as TOML (what a preset "
+                                           "means; the format JRR_SETTINGS reads)")
+    show.add_argument("--preset", choices=PRESET_NAMES, default="cpu",
+                      help="preset (default: cpu)")
+    show.add_argument("--set", action="append", default=[], metavar="STAGE.FIELD=VALUE",
+                      help="override one setting (repeatable), as for `jrr run`")
 
     report = sub.add_parser("report", help="print the latest evaluation table")
     report.add_argument("--dataset", default=None, help="dataset name (default: the latest report)")
@@ -70,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return cmd_run(args)
+        if args.command == "settings":
+            return cmd_settings(args)
         if args.command == "lineage":
             return cmd_lineage(args)
         if args.command == "search":
@@ -116,6 +125,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     if report and report.exists():
         print(f"report: {report}")
         print(_table(json.loads(report.read_text())))
+    return 0
+
+
+def cmd_settings(args: argparse.Namespace) -> int:
+    from jrr_pipeline.settings import resolve_settings, to_toml
+
+    user = merge_settings(load_settings(), parse_assignments(args.set))
+    print(to_toml(resolve_settings(args.preset, user), args.preset, user), end="")
     return 0
 
 

@@ -15,38 +15,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import polars as pl
 
+from jrr_pipeline.ml.settings import DenoisedCandidatesSettings
+
 CALIBRATIONS = ("relative", "sigmoid", "softmax")
 DECISIONS = ("negative", "dropped", "pseudo_positive")
-
-
-@dataclass(frozen=True)
-class DenoiseConfig:
-    top_k: int = 30
-    tau_neg: float = 0.1
-    tau_pos: float = 0.9
-    promote_pseudo_positives: bool = False
-    calibration: str = "relative"
-    list_length: int = 8
-    denoised_ratio: float = 0.5
-    seed: int = 42
-
-    def __post_init__(self) -> None:
-        checks = [
-            ("top_k", self.top_k >= 1, "must be >= 1"),
-            ("tau_neg", 0.0 < self.tau_neg <= 1.0, "must be in (0, 1]"),
-            ("tau_pos", self.tau_neg <= self.tau_pos <= 1.0, "must be in [tau_neg, 1]"),
-            ("calibration", self.calibration in CALIBRATIONS, f"must be one of {CALIBRATIONS}"),
-            ("list_length", self.list_length >= 2, "must be >= 2 (a positive and a negative)"),
-            ("denoised_ratio", 0.0 <= self.denoised_ratio <= 1.0, "must be in [0, 1]"),
-        ]
-        for name, ok, message in checks:
-            if not ok:
-                raise ValueError(f"DenoiseConfig.{name} = {getattr(self, name)!r}: {message}")
 
 
 def merge_retrieved(negatives: pl.DataFrame, top_k: int, sources: list[str]) -> pl.DataFrame:
@@ -76,7 +51,7 @@ def calibrate(frame: pl.DataFrame, method: str = "relative") -> pl.DataFrame:
         ce_prob=1.0 / (1.0 + (-(pl.col("ce_score") - best_positive)).exp()))
 
 
-def decide(frame: pl.DataFrame, config: DenoiseConfig) -> pl.DataFrame:
+def decide(frame: pl.DataFrame, config: DenoisedCandidatesSettings) -> pl.DataFrame:
     """Add ``decision`` to the non-positive rows: negative / dropped / pseudo_positive."""
     promote = pl.lit(config.promote_pseudo_positives) & (pl.col("ce_prob") > config.tau_pos)
     return frame.with_columns(
@@ -87,7 +62,7 @@ def decide(frame: pl.DataFrame, config: DenoiseConfig) -> pl.DataFrame:
     )
 
 
-def hybrid_lists(decided: pl.DataFrame, config: DenoiseConfig) -> tuple[pl.DataFrame, dict]:
+def hybrid_lists(decided: pl.DataFrame, config: DenoisedCandidatesSettings) -> tuple[pl.DataFrame, dict]:
     """Per query: its positives (labelled, then pseudo), then ``list_length - 1`` negatives, a
     ``denoised_ratio`` share from the denoised negatives and the rest from the undenoised retrieved
     set (which may include dropped candidates: RocketQAv2's hybrid augmentation). Lists that cannot

@@ -13,7 +13,7 @@ import tempfile
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, fields
+from dataclasses import fields
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,8 @@ import numpy as np
 import polars as pl
 import Stemmer
 from tqdm.auto import tqdm
+
+from jrr_pipeline.ml.settings import BM25IndexSettings
 
 CONFIG_FILE = "jrr_bm25.json"
 DOC_IDS_FILE = "doc_ids.json"
@@ -40,40 +42,11 @@ class BM25IndexError(ValueError):
     """A saved BM25 index is corrupt or inconsistent; the message names the file."""
 
 
-@dataclass(frozen=True)
-class BM25Config:
-    """BM25 parameters and text processing.
-
-    k1=1.2, b=0.75 are Lucene's own BM25 defaults; with the Lucene variant, the English
-    Snowball stemmer, English stopwords and titles indexed they give nDCG@10 0.679 on SciFact
-    test (bm25s's defaults k1=1.5 give 0.686 there; see bench/bm25_scifact.py).
-    `stemmer` is a PyStemmer algorithm name or "" for none; `stopwords` a bm25s language code
-    ("en") or "" for none.
-    """
-
-    k1: float = 1.2
-    b: float = 0.75
-    method: str = "lucene"
-    stemmer: str = "english"
-    stopwords: str = "en"
-    include_title: bool = True
-
-    def __post_init__(self) -> None:
-        if self.k1 < 0 or not 0 <= self.b <= 1:
-            raise ValueError(
-                f"BM25Config: need k1 >= 0 and 0 <= b <= 1, got k1={self.k1} b={self.b}"
-            )
-        if self.method not in ("robertson", "lucene", "atire", "bm25l", "bm25+"):
-            raise ValueError(f"BM25Config: unknown method {self.method!r}")
-        if self.stemmer and self.stemmer not in Stemmer.algorithms():
-            raise ValueError(f"BM25Config: unknown stemmer {self.stemmer!r}")
-
-
-def _stemmer(config: BM25Config) -> Stemmer.Stemmer | None:
+def _stemmer(config: BM25IndexSettings) -> Stemmer.Stemmer | None:
     return Stemmer.Stemmer(config.stemmer) if config.stemmer else None
 
 
-def _tokenize(texts: Sequence[str], config: BM25Config, progress: bool, as_ids: bool) -> Any:
+def _tokenize(texts: Sequence[str], config: BM25IndexSettings, progress: bool, as_ids: bool) -> Any:
     return bm25s.tokenize(
         list(texts),
         stopwords=config.stopwords or None,
@@ -121,7 +94,7 @@ def _swap_in(tmp: Path, target: Path) -> None:
 class BM25Index:
     """A BM25 index over a corpus, addressed by external doc ids."""
 
-    def __init__(self, bm25: bm25s.BM25, doc_ids: Sequence[str], config: BM25Config) -> None:
+    def __init__(self, bm25: bm25s.BM25, doc_ids: Sequence[str], config: BM25IndexSettings) -> None:
         self._bm25 = bm25
         self._doc_ids = np.asarray(list(doc_ids), dtype=object)
         self.config = config
@@ -141,7 +114,7 @@ class BM25Index:
         cls,
         doc_ids: Sequence[str],
         texts: Sequence[str],
-        config: BM25Config = BM25Config(),  # noqa: B008 (frozen, so a shared default is safe)
+        config: BM25IndexSettings = BM25IndexSettings(),  # noqa: B008 (frozen: a safe shared default)
         progress: bool = False,
     ) -> BM25Index:
         """Tokenize, stem and index `texts`; `doc_ids[i]` names `texts[i]`."""
@@ -172,7 +145,7 @@ class BM25Index:
                 "format_version": FORMAT_VERSION,
                 "num_docs": self.num_docs,
                 "bm25s_version": bm25s.__version__,
-                "config": asdict(self.config),
+                "config": self.config.to_dict(),
             }
             _write_json(tmp / CONFIG_FILE, meta)
             os.chmod(tmp, 0o755)  # mkdtemp creates 0700
@@ -195,8 +168,8 @@ class BM25Index:
             raise FileNotFoundError(f"{config_path}: missing (incomplete or foreign BM25 index)")
         meta = _read_json(config_path)
         try:
-            known = {f.name for f in fields(BM25Config)}
-            config = BM25Config(**{k: v for k, v in meta["config"].items() if k in known})
+            known = {f.name for f in fields(BM25IndexSettings)}
+            config = BM25IndexSettings(**{k: v for k, v in meta["config"].items() if k in known})
             num_docs = int(meta["num_docs"])
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise BM25IndexError(f"{config_path}: field 'config': invalid ({err})") from err

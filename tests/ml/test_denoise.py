@@ -8,13 +8,13 @@ import polars as pl
 import pytest
 
 from jrr_pipeline.ml.denoise import (
-    DenoiseConfig,
     calibrate,
     decide,
     denoise_stats,
     hybrid_lists,
     merge_retrieved,
 )
+from jrr_pipeline.ml.settings import DenoisedCandidatesSettings
 
 
 def frame() -> pl.DataFrame:
@@ -53,7 +53,7 @@ def test_relative_calibration_is_sigmoid_of_the_gap_to_the_positive():
 
 
 def test_decisions_and_stats():
-    config = DenoiseConfig(tau_neg=0.1, tau_pos=0.8, promote_pseudo_positives=True)
+    config = DenoisedCandidatesSettings(tau_neg=0.1, tau_pos=0.8, promote_pseudo_positives=True)
     decided = decide(calibrate(frame(), "relative"), config)
     decision = dict(zip(decided["doc_id"], decided["decision"], strict=True))
     assert decision == {"p1": "positive", "a": "pseudo_positive", "b": "negative", "c": "dropped",
@@ -65,7 +65,7 @@ def test_decisions_and_stats():
 
 
 def test_hybrid_lists_label_every_row_and_report_shortfall():
-    config = DenoiseConfig(tau_neg=0.1, list_length=4, denoised_ratio=0.5, seed=0)
+    config = DenoisedCandidatesSettings(tau_neg=0.1, list_length=4, denoised_ratio=0.5, seed=0)
     decided = decide(calibrate(frame(), "relative"), config)
     candidates, stats = hybrid_lists(decided, config)
     q1 = candidates.filter(pl.col("query_id") == "q1")
@@ -87,6 +87,6 @@ def test_hybrid_lists_label_every_row_and_report_shortfall():
 
 def test_config_is_validated():
     with pytest.raises(ValueError, match="tau_pos"):
-        DenoiseConfig(tau_neg=0.5, tau_pos=0.2)
+        DenoisedCandidatesSettings(tau_neg=0.5, tau_pos=0.2)
     with pytest.raises(ValueError, match="list_length"):
-        DenoiseConfig(list_length=1)
+        DenoisedCandidatesSettings(list_length=1)

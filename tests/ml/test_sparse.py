@@ -12,15 +12,15 @@ import pytest
 
 from jrr_pipeline.ml import sparse
 from jrr_pipeline.ml.sparse import (
-    BM25Config,
     BM25Index,
     BM25IndexError,
+    BM25IndexSettings,
     corpus_texts,
     mine_negatives,
     run_from_search,
 )
 
-PLAIN = BM25Config(k1=1.2, b=0.75, stemmer="", stopwords="")
+PLAIN = BM25IndexSettings(k1=1.2, b=0.75, stemmer="", stopwords="")
 
 DOCS = {
     "d1": "Quantum entanglement links particles across distance",
@@ -69,7 +69,7 @@ def test_scores_match_hand_computed_lucene_bm25() -> None:
 def test_stemming_matches_inflected_forms(index: BM25Index) -> None:
     docs, scores = index.search(["running"], k=2)
     assert docs[0][0] == "d2" and scores[0, 0] > 0 and scores[0, 1] == 0
-    unstemmed = BM25Index.build(list(DOCS), list(DOCS.values()), BM25Config(stemmer=""))
+    unstemmed = BM25Index.build(list(DOCS), list(DOCS.values()), BM25IndexSettings(stemmer=""))
     _, scores = unstemmed.search(["running"], k=2)
     assert np.all(scores == 0)
 
@@ -81,7 +81,7 @@ def test_stopwords_are_ignored(index: BM25Index) -> None:
     docs_b, scores_b = index.search(["cat"], k=3)
     assert docs_a == docs_b and np.array_equal(scores_a, scores_b) and docs_a[0][0] == "d6"
     # without stopword removal "the" counts and d6 (four "the") ranks first for it
-    no_stop = BM25Index.build(list(DOCS), list(DOCS.values()), BM25Config(stopwords=""))
+    no_stop = BM25Index.build(list(DOCS), list(DOCS.values()), BM25IndexSettings(stopwords=""))
     docs, scores = no_stop.search(["the"], k=2)
     assert docs[0][0] == "d6" and scores[0, 0] > scores[0, 1] > 0
 
@@ -103,8 +103,8 @@ def test_build_rejects_bad_input() -> None:
         BM25Index.build(["a", "b", "a"], ["x y", "y z", "z w"])
     with pytest.raises(ValueError, match="empty corpus"):
         BM25Index.build([], [])
-    with pytest.raises(ValueError, match="unknown stemmer"):
-        BM25Config(stemmer="klingon")
+    with pytest.raises(ValueError, match="bm25_index.stemmer = .klingon.: not a PyStemmer"):
+        BM25IndexSettings(stemmer="klingon")
 
 
 def test_save_load_round_trip(index: BM25Index, tmp_path: Path) -> None:

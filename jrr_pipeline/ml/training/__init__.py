@@ -1,48 +1,25 @@
-"""Training: the generic resumable (DDP-capable) loop and the retriever / reranker warm-up tasks."""
+"""Training: the generic resumable (DDP-capable) loop, the warm-up tasks, RocketQAv2 and AR2.
 
-from jrr_pipeline.ml.training.checkpoint import (
-    TrainState,
-    latest_state_path,
-    load_training_state,
-    replace_dir_atomic,
-    save_training_state,
-)
-from jrr_pipeline.ml.training.config import TrainConfig
-from jrr_pipeline.ml.training.distributed import is_main_process, launch_torchrun, world_info
-from jrr_pipeline.ml.training.loop import TrainingTask, TrainResult, train
-from jrr_pipeline.ml.training.schedule import lr_multiplier
+Names load lazily, so importing ``TrainConfig`` (or the settings built on it) costs no torch.
+"""
 
-_WARMUP_NAMES = {
-    "RerankerWarmupTask", "RetrievalExample", "RetrieverWarmupTask", "build_retrieval_examples",
+from importlib import import_module
+
+_EXPORTS = {
+    "TrainState": "checkpoint", "latest_state_path": "checkpoint",
+    "load_training_state": "checkpoint", "replace_dir_atomic": "checkpoint",
+    "save_training_state": "checkpoint", "TrainConfig": "config",
+    "is_main_process": "distributed", "launch_torchrun": "distributed", "world_info": "distributed",
+    "TrainingTask": "loop", "TrainResult": "loop", "train": "loop", "lr_multiplier": "schedule",
+    "RerankerWarmupTask": "warmup", "RetrievalExample": "warmup", "RetrieverWarmupTask": "warmup",
+    "build_retrieval_examples": "warmup",
 }
 
 
 def __getattr__(name: str):
-    # The warm-up tasks import transformers (seconds); load them only when asked for, so that
-    # the generic loop and torchrun workers start fast.
-    if name in _WARMUP_NAMES:
-        from jrr_pipeline.ml.training import warmup
-
-        return getattr(warmup, name)
+    if name in _EXPORTS:
+        return getattr(import_module(f"jrr_pipeline.ml.training.{_EXPORTS[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = [
-    "RerankerWarmupTask",
-    "RetrievalExample",
-    "RetrieverWarmupTask",
-    "TrainConfig",
-    "TrainResult",
-    "TrainState",
-    "TrainingTask",
-    "build_retrieval_examples",
-    "is_main_process",
-    "latest_state_path",
-    "launch_torchrun",
-    "load_training_state",
-    "lr_multiplier",
-    "replace_dir_atomic",
-    "save_training_state",
-    "train",
-    "world_info",
-]
+__all__ = sorted(_EXPORTS)

@@ -3,12 +3,13 @@
 Zhang et al. 2022, "Adversarial Retriever-Ranker for Dense Text Retrieval" (ICLR). One iteration:
 
 1. **refresh** (ANCE-style, Xiong et al. 2021): re-encode the corpus with the current retriever,
-   rebuild the FAISS index, retrieve each train query's top ``refresh_top_k`` and draw a new list
+   rebuild the FAISS index, retrieve each train query's top ``ar2_refresh_top_k`` and draw a new list
    (positive + ``list_length - 1`` negatives from the retrieved passages that are not labelled
    positives and not flagged false negatives). Iteration 0 uses the lists it is given (the
-   denoised candidates); with ``refresh_every = 0`` every iteration does (the "no refresh" ablation).
-2. **ranker phase**: ``ranker_steps`` steps of listwise CE of the reranker (``RerankerListTask``).
-3. **retriever phase**: ``retriever_steps`` steps of lambda * adversarial + (1 - lambda) * KL
+   denoised candidates); with ``ar2_refresh_every = 0`` every iteration does (the "no refresh"
+   ablation).
+2. **ranker phase**: ``ar2_ranker_steps`` steps of listwise CE of the reranker (``RerankerListTask``).
+3. **retriever phase**: ``ar2_retriever_steps`` steps of lambda * adversarial + (1 - lambda) * KL
    against the frozen ranker (``AR2RetrieverTask`` / ``losses.adversarial``), plus, when
    ``retriever_ce_weight`` > 0 (our addition), that weight times the retriever's own listwise CE.
 
@@ -29,8 +30,8 @@ import numpy as np
 import polars as pl
 import torch.distributed as dist
 
+from jrr_pipeline.ml.settings import JointSettings
 from jrr_pipeline.ml.training.checkpoint import write_json_atomic
-from jrr_pipeline.ml.training.config import TrainConfig
 from jrr_pipeline.ml.training.distributed import is_main_process
 from jrr_pipeline.ml.training.joint import (
     AR2RetrieverTask,
@@ -39,35 +40,6 @@ from jrr_pipeline.ml.training.joint import (
     save_pair,
 )
 from jrr_pipeline.ml.training.loop import train
-
-
-@dataclass
-class AR2Config:
-    """Schedule of the adversarial game (the learning rates are in the phases' TrainConfigs)."""
-
-    iterations: int = field(default=2, metadata={"help": "ranker + retriever phase pairs"})
-    ranker_steps: int = field(default=20, metadata={"help": "optimizer steps per ranker phase"})
-    retriever_steps: int = field(default=20, metadata={"help": "optimizer steps per retriever phase"})
-    lam: float = field(default=0.5, metadata={"help": "lambda: weight of the adversarial term vs KL"})
-    retriever_ce_weight: float = field(
-        default=0.0, metadata={"help": "our addition: weight of the retriever's listwise CE on the "
-                               "labelled positive in the retriever phase (0 = the paper's loss)"})
-    temperature: float = field(default=1.0, metadata={"help": "softmax temperature of both models"})
-    refresh_every: int = field(
-        default=1, metadata={"help": "refresh the index every N iterations, i.e. every "
-                             "N * retriever_steps retriever steps (0 = never: the ablation)"})
-    refresh_top_k: int = field(default=30, metadata={"help": "retrieval depth of a refresh"})
-    encode_batch_size: int = field(default=64, metadata={"help": "passages per encoding batch"})
-    seed: int = field(default=42, metadata={"help": "seed of the refreshed lists' negatives"})
-
-    def __post_init__(self) -> None:
-        for name in ("iterations", "ranker_steps", "retriever_steps", "refresh_top_k"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"AR2Config: {name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 <= self.lam <= 1.0:
-            raise ValueError(f"AR2Config: lam must be in [0, 1], got {self.lam}")
-        if self.retriever_ce_weight < 0:
-            raise ValueError(f"AR2Config: retriever_ce_weight must be >= 0, got {self.retriever_ce_weight}")
 
 
 @dataclass
@@ -154,75 +126,77 @@ PhaseLog = Callable[[int, str, int, dict[str, float]], None]
 RUN_FILE = "ar2_run.json"
 
 
-def _claim_work_dir(work_dir: Path, config: AR2Config, ranker_train: TrainConfig,
-                    retriever_train: TrainConfig) -> None:
+def _claim_work_dir(work_dir: Path, settings: JointSettings) -> None:
     """Finished phases in ``work_dir`` are reused on resume, so they must come from the same run:
-    record its configuration there, and refuse a work dir that holds another one."""
-    wanted = json.loads(json.dumps({
-        "ar2": dataclasses.asdict(config), "ranker_train": dataclasses.asdict(ranker_train),
-        "retriever_train": dataclasses.asdict(retriever_train)}, sort_keys=True, default=str))
+    record its settings there, and refuse a work dir that holds another one."""
+    wanted = json.loads(json.dumps(settings.to_dict(), sort_keys=True, default=str))
     path = work_dir / RUN_FILE
     if path.exists():
         held = json.loads(path.read_text(encoding="utf-8"))
         if held != wanted:
-            changed = sorted(f"{part}.{key}" for part in wanted for key in wanted[part]
-                             if held.get(part, {}).get(key) != wanted[part][key])
-            raise ValueError(f"{path}: this AR2 work dir holds a run with a different configuration "
-                             f"(changed: {', '.join(changed) or 'layout'}); its finished phases "
-                             f"cannot be resumed: remove the folder or choose another work dir")
+            changed = sorted(k for k in wanted if held.get(k) != wanted[k]) or ["layout"]
+            raise ValueError(f"{path}: this AR2 work dir holds a run with different settings "
+                             f"(changed: {', '.join(changed)}); its finished phases cannot be "
+                             f"resumed: remove the folder or choose another work dir")
     elif is_main_process():
         write_json_atomic(path, wanted)
     _barrier()
 
 
-def train_ar2(retriever, reranker, initial_lists: Sequence[CandidateList], config: AR2Config,
-              ranker_train: TrainConfig, retriever_train: TrainConfig, work_dir: Path,
-              output_dir: Path, refresh_data: RefreshData | None = None,
+def train_ar2(retriever, reranker, initial_lists: Sequence[CandidateList], settings: JointSettings,
+              work_dir: Path, output_dir: Path, refresh_data: RefreshData | None = None,
               on_log: PhaseLog | None = None,
               on_iteration: Callable[[int, dict[str, float]], None] | None = None,
               progress: bool = True, serving: dict | None = None,
               stop_after: tuple[int, str, int] | None = None) -> dict:
-    """Run the AR2 game; returns a summary dict and saves ``output_dir/{retriever,reranker}``.
+    """Run the AR2 game of ``settings`` (the ``ar2_*`` knobs); returns a summary dict and saves
+    ``output_dir/{retriever,reranker}``.
 
-    ``ranker_train`` / ``retriever_train`` give lr, batch size, bf16 ... of the two phases; their
-    ``max_steps`` are set from ``config``. ``on_log(iteration, phase, step, metrics)`` gets every
-    logged step, ``on_iteration(iteration, info)`` the refresh figures and phase results.
-    ``stop_after=(iteration, phase, steps)`` is a test hook that stops that phase early, as a kill
-    would (returns ``{"completed": False}``).
+    The ranker phases train at ``reranker_lr``, the retriever phases at ``retriever_lr``; the
+    other loop knobs (batch size, bf16, ...) are shared. ``on_log(iteration, phase, step,
+    metrics)`` gets every logged step, ``on_iteration(iteration, info)`` the refresh figures and
+    phase results. ``stop_after=(iteration, phase, steps)`` is a test hook that stops that phase
+    early, as a kill would (returns ``{"completed": False}``).
     """
     from jrr_pipeline.ml.modeling import CrossEncoderReranker, DenseRetriever
 
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    if config.refresh_every and refresh_data is None:
-        raise ValueError("train_ar2: refresh_every > 0 needs refresh_data (corpus and train queries)")
-    _claim_work_dir(work_dir, config, ranker_train, retriever_train)
+    if settings.ar2_refresh_every and refresh_data is None:
+        raise ValueError("train_ar2: ar2_refresh_every > 0 needs refresh_data (corpus and train "
+                         "queries)")
+    _claim_work_dir(work_dir, settings)
+    ranker_train = settings.train_config(lr=settings.reranker_lr)
+    retriever_train = settings.train_config()
     started = time.perf_counter()
     lists = list(initial_lists)
     list_length = len(lists[0].passages) if lists else 0
     summary: dict = {"iterations": [], "completed": False}
-    for it in range(config.iterations):
+    for it in range(settings.ar2_iterations):
         it_dir = work_dir / f"iteration-{it:03d}"
         info: dict[str, float] = {}
-        refresh = bool(config.refresh_every) and it > 0 and it % config.refresh_every == 0
+        refresh = (bool(settings.ar2_refresh_every) and it > 0
+                   and it % settings.ar2_refresh_every == 0)
         lists_file = it_dir / "lists.json"
         if refresh:
             if not lists_file.exists() and is_main_process():
                 new_lists, info = refreshed_lists(
-                    retriever, refresh_data, list_length, config.refresh_top_k,
-                    config.seed + it, config.encode_batch_size, progress)
+                    retriever, refresh_data, list_length, settings.ar2_refresh_top_k,
+                    settings.seed + it, settings.encode_batch_size, progress)
                 _save_lists(lists_file, new_lists, info)
             _barrier()
             lists, info = _load_lists(lists_file)
             if not lists:
                 raise ValueError(f"AR2 refresh {it}: no train query has {list_length - 1} "
-                                 f"retrievable negatives in the top {config.refresh_top_k}")
+                                 f"retrievable negatives in the top {settings.ar2_refresh_top_k}")
         info = dict(info, refreshed=float(refresh), lists=float(len(lists)))
         phases = (
-            ("ranker", RerankerListTask(reranker), ranker_train, config.ranker_steps),
-            ("retriever", AR2RetrieverTask(retriever, reranker, config.lam, config.temperature,
-                                           retriever_ce_weight=config.retriever_ce_weight),
-             retriever_train, config.retriever_steps),
+            ("ranker", RerankerListTask(reranker, settings.chunk_pairs), ranker_train,
+             settings.ar2_ranker_steps),
+            ("retriever", AR2RetrieverTask(retriever, reranker, settings.ar2_lambda,
+                                           settings.kl_temperature, settings.chunk_pairs,
+                                           retriever_ce_weight=settings.retriever_ce_weight),
+             retriever_train, settings.ar2_retriever_steps),
         )
         for phase, task, base, steps in phases:
             out = it_dir / phase
@@ -256,3 +230,58 @@ def train_ar2(retriever, reranker, initial_lists: Sequence[CandidateList], confi
     _barrier()
     summary.update(completed=True, wall_s=time.perf_counter() - started)
     return summary
+
+
+def refresh_data_from(tables: dict[str, pl.DataFrame], eval_split: str | None) -> RefreshData:
+    """RefreshData: train positives from qrels, pseudo positives of the candidates as flagged."""
+    from jrr_pipeline.ml.index import passage_texts
+
+    queries, corpus, qrels, candidates = (tables[t] for t in ("queries", "corpus", "qrels",
+                                                              "candidates"))
+    text = dict(zip(queries["query_id"].to_list(), queries["text"].to_list(), strict=True))
+    train_pos = qrels.filter((pl.col("split") == "train") & (pl.col("relevance") > 0))
+    positives: dict[str, list[str]] = {}
+    for qid, did in train_pos.select("query_id", "doc_id").unique(maintain_order=True).iter_rows():
+        positives.setdefault(qid, []).append(did)
+    flagged: dict[str, set[str]] = {}
+    for qid, did, source in candidates.filter(pl.col("label") == 1).select(
+            "query_id", "doc_id", "source").iter_rows():
+        if source != "qrels":
+            flagged.setdefault(qid, set()).add(did)
+    eval_text, eval_qrels = {}, None
+    if eval_split:
+        eval_qrels = qrels.filter(pl.col("split") == eval_split)
+        eval_text = {q: text[q] for q in eval_qrels["query_id"].unique().to_list() if q in text}
+    return RefreshData(corpus["doc_id"].to_list(), passage_texts(corpus), text, positives,
+                       flagged, eval_text, eval_qrels)
+
+
+def run_ar2(spec) -> dict:
+    """AR2 from a run file (``ml.training.launch.RunSpec``); returns the result dict."""
+    from jrr_pipeline.ml.training.distributed import (
+        cleanup_distributed,
+        init_distributed,
+        training_device,
+    )
+    from jrr_pipeline.ml.training.joint import prepare_joint, serving_fields
+
+    settings = spec.settings
+    tables, lists, retriever, reranker = prepare_joint(spec)
+    refresh = refresh_data_from(tables, spec.eval_split) if settings.ar2_refresh_every else None
+    write = spec.log_writer()
+    created_group = init_distributed(training_device())  # refreshes sync ranks between phases
+    try:
+        summary = train_ar2(
+            retriever, reranker, lists, settings, spec.state_dir, spec.output_dir,
+            refresh_data=refresh,
+            on_log=lambda it, phase, step, m: write({"iteration": it, "phase": phase,
+                                                     "step": step, "metrics": m}),
+            on_iteration=lambda it, info: write({"iteration": it, "phase": "iteration",
+                                                 "step": 0, "metrics": info}),
+            progress=spec.progress, serving=serving_fields(settings))
+    finally:
+        if created_group:
+            cleanup_distributed()
+    steps = settings.ar2_iterations * (settings.ar2_ranker_steps + settings.ar2_retriever_steps)
+    return {"method": "ar2", "lists": len(lists), "steps": steps, "wall_s": summary["wall_s"],
+            "iterations": summary["iterations"]}

@@ -325,3 +325,57 @@ class AR2RetrieverTask:
 
     def save(self, output_dir: Path) -> None:
         self.retriever.save_pretrained(output_dir)
+
+
+def prepare_joint(spec) -> tuple[dict[str, pl.DataFrame], list[CandidateList], DenseRetriever,
+                                 CrossEncoderReranker]:
+    """Tables, candidate lists and the two starting models of a joint run file
+    (``ml.training.launch.RunSpec``), with the settings' training lengths applied."""
+    from jrr_pipeline.ml.training.loop import seed_everything
+
+    settings = spec.settings
+    tables = spec.tables()
+    lists = build_candidate_lists(tables["queries"], tables["corpus"], tables["candidates"],
+                                  settings.list_length)
+    if not lists:
+        raise ValueError(f"{spec.data['candidates']}: no query has a positive and "
+                         f"{settings.list_length - 1} negatives (list_length "
+                         f"{settings.list_length})")
+    seed_everything(settings.seed)
+    retriever = DenseRetriever.from_pretrained(spec.models["retriever"])
+    reranker = CrossEncoderReranker.from_pretrained(spec.models["reranker"])
+    retriever.config.passage_max_length = settings.passage_max_length
+    reranker.config.max_length = settings.reranker_max_length
+    return tables, lists, retriever, reranker
+
+
+def serving_fields(settings) -> dict:
+    """Retriever config fields the saved joint checkpoint gets instead of the training ones."""
+    length = settings.index_passage_max_length
+    return {"passage_max_length": length} if length else {}
+
+
+def run_rocketqav2(spec) -> dict:
+    """RocketQAv2 joint training from a run file; returns the result dict."""
+    from jrr_pipeline.ml.training.loop import train
+
+    settings = spec.settings
+    _tables, lists, retriever, reranker = prepare_joint(spec)
+    train_cfg = settings.train_config()
+    task = RocketQAv2Task(retriever, reranker, mode=settings.mode,
+                          kl_temperature=settings.kl_temperature, chunk_pairs=settings.chunk_pairs,
+                          serving=serving_fields(settings),
+                          grad_cache_chunk=settings.grad_cache_chunk,
+                          retriever_ce_weight=settings.retriever_ce_weight,
+                          retriever_in_batch=settings.retriever_in_batch)
+    write = spec.log_writer()
+    outcome = train(task, lists, train_cfg, spec.output_dir, state_dir=spec.state_dir,
+                    progress=spec.progress,
+                    module_lr_multipliers={"reranker": settings.reranker_lr / train_cfg.lr},
+                    on_log=lambda step, m: write({"iteration": None, "phase": "joint",
+                                                  "step": step, "metrics": m}))
+    if not outcome.completed:
+        raise RuntimeError("joint training stopped before its last step")
+    return {"method": "rocketqav2", "lists": len(lists), "steps": outcome.step,
+            "wall_s": outcome.wall_s, "bf16": outcome.bf16, "world_size": outcome.world_size,
+            "final_loss": outcome.final_loss, "resumed_from_step": outcome.resumed_from_step}

@@ -146,6 +146,7 @@ def train(
     progress: bool = True,
     *,
     stop_after_steps: int | None = None,
+    module_lr_multipliers: dict[str, float] | None = None,
 ) -> TrainResult:
     """Train `task` on `examples`, then save it to `output_dir` atomically (rank 0 only).
 
@@ -167,7 +168,7 @@ def train(
     try:
         return _train(
             task, examples, config, Path(output_dir), state_dir, on_log, progress,
-            stop_after_steps, device,
+            stop_after_steps, device, module_lr_multipliers or {},
         )
     finally:
         if created_group:
@@ -184,6 +185,7 @@ def _train(
     progress: bool,
     stop_after_steps: int | None,
     device: torch.device,
+    module_lr_multipliers: dict[str, float],
 ) -> TrainResult:
     started = time.perf_counter()
     rank, world = world_info()
@@ -194,7 +196,7 @@ def _train(
         raise ValueError(
             f"train: {n} examples give no batch of a size divisible by the world size {world}"
         )
-    total = config.max_steps if config.max_steps is not None else config.epochs * per_epoch
+    total = config.max_steps or config.epochs * per_epoch
     state = TrainState(
         total_steps=total, seed=config.seed, n_examples=n,
         batch_size=config.batch_size, world_size=world,
@@ -208,7 +210,7 @@ def _train(
         for module in modules.values():
             enable_gradient_checkpointing(module)
     optimizer = build_optimizer(container.named_parameters(), config.lr, config.weight_decay,
-                                config.head_lr_multiplier, config.module_lr_multipliers)
+                                config.head_lr_multiplier, module_lr_multipliers)
     scheduler = build_scheduler(optimizer, total, config.warmup_ratio)
 
     resumed_from: int | None = None

@@ -289,3 +289,43 @@ def _random_docs(
             taken.add(doc)
             picked.append(doc)
     return picked
+
+
+def build_warmup_task(settings) -> RetrieverWarmupTask | RerankerWarmupTask:
+    """The task of a warm-up stage (``WarmupRetrieverSettings`` or ``WarmupRerankerSettings``):
+    the model from ``settings.base_model`` with the settings' model fields; the saved
+    checkpoint gets ``settings.serving_fields()`` instead of the training ones."""
+    from jrr_pipeline.ml.modeling import RerankerConfig, RetrieverConfig
+
+    if settings.stage == "warmup_retriever":
+        model = DenseRetriever.from_pretrained(settings.base_model,
+                                               RetrieverConfig(**settings.model_fields()))
+        task: RetrieverWarmupTask | RerankerWarmupTask = RetrieverWarmupTask(model)
+    else:
+        model = CrossEncoderReranker.from_pretrained(settings.base_model,
+                                                     RerankerConfig(**settings.model_fields()))
+        task = RerankerWarmupTask(model)
+    task.serving = settings.serving_fields()
+    return task
+
+
+def run_warmup(spec) -> dict:
+    """Train a warm-up stage from a run file (``ml.training.launch.RunSpec``); returns the
+    ``TrainResult`` as a dict with ``n_examples``."""
+    import dataclasses
+
+    from jrr_pipeline.ml.training.loop import seed_everything, train
+
+    settings = spec.settings
+    tables = spec.tables()
+    examples = build_retrieval_examples(
+        **tables, n_negatives=settings.n_negatives, seed=settings.seed, split="train",
+        source="bm25", rank_window=(settings.rank_window_start, settings.rank_window_end))
+    seed_everything(settings.seed)  # a fresh reranker head is initialised from torch's RNG
+    task = build_warmup_task(settings)
+    write = spec.log_writer()
+    result = train(task, examples, settings.train_config(), spec.output_dir,
+                   state_dir=spec.state_dir, progress=spec.progress,
+                   on_log=lambda step, m: write({"iteration": None, "phase": "train", "step": step,
+                                                 "metrics": m}))
+    return {**dataclasses.asdict(result), "n_examples": len(examples)}

@@ -1,5 +1,5 @@
 """AR2 on a tiny BERT: phases alternate, the index refresh re-mines lists, a run killed mid-phase
-resumes to the same weights as an uninterrupted one, and the joint_run CLI drives both methods."""
+resumes to the same weights as an uninterrupted one, and the training launcher drives both methods."""
 
 from __future__ import annotations
 
@@ -15,16 +15,15 @@ from jrr_pipeline.ml.modeling import (
     RerankerConfig,
     RetrieverConfig,
 )
-from jrr_pipeline.ml.training import TrainConfig
+from jrr_pipeline.ml.settings import JointSettings
 from jrr_pipeline.ml.training.adversarial import (
     RUN_FILE,
-    AR2Config,
     RefreshData,
     _claim_work_dir,
     train_ar2,
 )
 from jrr_pipeline.ml.training.joint import AR2RetrieverTask, CandidateList, retriever_list_scores
-from jrr_pipeline.ml.training.joint_run import load_joint_config, run_joint
+from jrr_pipeline.ml.training.launch import main, read_run_file, run, write_run_file
 
 TOPICS = ["apple", "river", "music", "window", "garden", "doctor", "planet", "winter"]
 FILLER = ["stone", "cloud", "paper", "glass", "metal", "sugar", "chair", "light"]
@@ -57,18 +56,20 @@ def refresh_data(with_eval: bool = True) -> RefreshData:
                        eval_qrels=qrels if with_eval else None)
 
 
-def phase_config() -> TrainConfig:
-    return TrainConfig(batch_size=4, lr=2e-3, warmup_ratio=0.0, seed=0, log_every=1,
-                       checkpoint_every=1, head_lr_multiplier=3.0)
+def ar2_settings(**changes) -> JointSettings:
+    return JointSettings(**{
+        "method": "ar2", "batch_size": 4, "retriever_lr": 2e-3, "reranker_lr": 6e-3,
+        "warmup_ratio": 0.0, "seed": 0, "log_every": 1, "checkpoint_every": 1,
+        "ar2_iterations": 2, "ar2_ranker_steps": 2, "ar2_retriever_steps": 2,
+        "ar2_refresh_top_k": 8, "ar2_lambda": 0.5, "encode_batch_size": 8, **changes})
 
 
-def run(tiny_model_dir, tmp_path, name, stop_after=None, refresh_every=1):
+def run_game(tiny_model_dir, tmp_path, name, stop_after=None, refresh_every=1):
     retriever, reranker = models(tiny_model_dir)
     logs, iterations = [], []
-    config = AR2Config(iterations=2, ranker_steps=2, retriever_steps=2, refresh_every=refresh_every,
-                       refresh_top_k=8, lam=0.5, encode_batch_size=8)
-    summary = train_ar2(retriever, reranker, initial_lists(), config, phase_config(),
-                        phase_config(), tmp_path / name / "work", tmp_path / name / "out",
+    summary = train_ar2(retriever, reranker, initial_lists(),
+                        ar2_settings(ar2_refresh_every=refresh_every),
+                        tmp_path / name / "work", tmp_path / name / "out",
                         refresh_data=refresh_data(), progress=False, stop_after=stop_after,
                         on_log=lambda it, ph, step, m: logs.append((it, ph, step, m)),
                         on_iteration=lambda it, info: iterations.append((it, info)))
@@ -76,7 +77,7 @@ def run(tiny_model_dir, tmp_path, name, stop_after=None, refresh_every=1):
 
 
 def test_phases_alternate_and_the_refresh_re_mines_lists(tiny_model_dir, tmp_path):
-    summary, logs, iterations, retriever, _ = run(tiny_model_dir, tmp_path, "a")
+    summary, logs, iterations, retriever, _ = run_game(tiny_model_dir, tmp_path, "a")
     assert summary["completed"]
     assert [(it, ph) for it, ph, step, _ in logs if step == 2] == [
         (0, "ranker"), (0, "retriever"), (1, "ranker"), (1, "retriever")]
@@ -96,12 +97,12 @@ def test_phases_alternate_and_the_refresh_re_mines_lists(tiny_model_dir, tmp_pat
 
 
 def test_a_killed_run_resumes_mid_phase_to_the_same_weights(tiny_model_dir, tmp_path):
-    full, _, _, retriever_full, reranker_full = run(tiny_model_dir, tmp_path, "full")
-    killed, _, _, _, _ = run(tiny_model_dir, tmp_path, "killed", stop_after=(1, "retriever", 1))
+    full, _, _, retriever_full, reranker_full = run_game(tiny_model_dir, tmp_path, "full")
+    killed, _, _, _, _ = run_game(tiny_model_dir, tmp_path, "killed", stop_after=(1, "retriever", 1))
     assert full["completed"] and not killed["completed"]
     assert (tmp_path / "killed/work/iteration-001/retriever-state").is_dir()
     assert not (tmp_path / "killed/out").exists()
-    resumed, logs, _, retriever_resumed, reranker_resumed = run(tiny_model_dir, tmp_path, "killed")
+    resumed, logs, _, retriever_resumed, reranker_resumed = run_game(tiny_model_dir, tmp_path, "killed")
     assert resumed["completed"]
     assert [(it, ph, step) for it, ph, step, _ in logs] == [(1, "retriever", 2)]  # only what was left
     for a, b in ((retriever_full, retriever_resumed), (reranker_full, reranker_resumed)):
@@ -110,7 +111,7 @@ def test_a_killed_run_resumes_mid_phase_to_the_same_weights(tiny_model_dir, tmp_
 
 
 def test_without_refresh_every_iteration_uses_the_given_lists(tiny_model_dir, tmp_path):
-    summary, _, iterations, _, _ = run(tiny_model_dir, tmp_path, "static", refresh_every=0)
+    summary, _, iterations, _, _ = run_game(tiny_model_dir, tmp_path, "static", refresh_every=0)
     assert summary["completed"]
     assert [info["refreshed"] for _, info in iterations] == [0.0, 0.0]
     assert not (tmp_path / "static/work/iteration-001/lists.json").exists()
@@ -130,22 +131,21 @@ def test_retriever_ce_weight_adds_the_retrievers_own_listwise_ce(tiny_model_dir)
     assert float((with_ce - plain).detach()) == pytest.approx(0.5 * own_ce, rel=1e-4)
     with pytest.raises(ValueError, match="retriever_ce_weight"):
         AR2RetrieverTask(retriever, reranker, retriever_ce_weight=-1.0)
-    with pytest.raises(ValueError, match="retriever_ce_weight"):
-        AR2Config(retriever_ce_weight=-0.1)
+    with pytest.raises(ValueError, match=r"joint_models.retriever_ce_weight = -0.1: must be >= 0"):
+        ar2_settings(retriever_ce_weight=-0.1)
 
 
 def test_a_work_dir_of_another_configuration_is_refused_not_resumed(tmp_path):
-    config = AR2Config(iterations=2, ranker_steps=2, retriever_steps=2)
-    _claim_work_dir(tmp_path, config, phase_config(), phase_config())
-    assert json.loads((tmp_path / RUN_FILE).read_text())["ar2"]["lam"] == 0.5
-    _claim_work_dir(tmp_path, config, phase_config(), phase_config())  # the same run resumes
-    changed = AR2Config(iterations=2, ranker_steps=2, retriever_steps=2, retriever_ce_weight=1.0)
-    with pytest.raises(ValueError, match=r"ar2_run\.json: .*different configuration "
-                                         r"\(changed: ar2\.retriever_ce_weight\)"):
-        _claim_work_dir(tmp_path, changed, phase_config(), phase_config())
+    settings = ar2_settings()
+    _claim_work_dir(tmp_path, settings)
+    assert json.loads((tmp_path / RUN_FILE).read_text())["ar2_lambda"] == 0.5
+    _claim_work_dir(tmp_path, settings)  # the same run resumes
+    with pytest.raises(ValueError, match=r"ar2_run\.json: .*different settings "
+                                         r"\(changed: retriever_ce_weight\)"):
+        _claim_work_dir(tmp_path, ar2_settings(retriever_ce_weight=0.5))
 
 
-def write_tables(tmp_path):
+def write_tables(tmp_path) -> dict[str, pl.DataFrame]:
     queries = pl.DataFrame({"query_id": [f"q{i}" for i in range(8)], "text": TOPICS})
     corpus = pl.DataFrame({"doc_id": DOC_IDS, "title": [""] * 16, "text": PASSAGES})
     qrels = pl.DataFrame({"query_id": [f"q{i}" for i in range(8)], "doc_id": DOC_IDS[:8],
@@ -156,53 +156,64 @@ def write_tables(tmp_path):
             rows.append((lst.query_id, d, int(j == 0), "qrels" if j == 0 else "raw:bm25", 0.0))
     candidates = pl.DataFrame(rows, schema=["query_id", "doc_id", "label", "source", "ce_score"],
                               orient="row")
-    data = {}
-    for name, frame in (("queries", queries), ("corpus", corpus), ("qrels", qrels),
-                        ("candidates", candidates)):
-        frame.write_parquet(tmp_path / f"{name}.parquet")
-        data[name] = f"{name}.parquet"
-    return data
+    return {"queries": queries, "corpus": corpus, "qrels": qrels, "candidates": candidates}
 
 
-@pytest.mark.parametrize("method", ["rocketqav2", "ar2"])
-def test_joint_run_cli_trains_and_logs(tiny_model_dir, tmp_path, method):
+def joint_run_file(tiny_model_dir, tmp_path, method: str, **changes):
     retriever, reranker = models(tiny_model_dir)
     retriever.save_pretrained(tmp_path / "r0")
     reranker.save_pretrained(tmp_path / "c0")
-    config = {"method": method, "retriever": "r0", "reranker": "c0", "data": write_tables(tmp_path),
-              "list_length": 3, "train": {"max_steps": 2, "batch_size": 2, "lr": 1e-3, "log_every": 1},
-              "reranker_lr": 2e-3, "ar2": {"iterations": 2, "ranker_steps": 1, "retriever_steps": 1,
-                                           "refresh_top_k": 8},
-              "eval_split": "test", "serving": {"passage_max_length": 24},
-              "output_dir": "out", "work_dir": "work", "metrics_file": "metrics.jsonl",
-              "result_file": "result.json", "progress": False}
-    (tmp_path / "joint.json").write_text(json.dumps(config))
-    result = run_joint(tmp_path / "joint.json")
+    settings = JointSettings(**{
+        "method": method, "list_length": 3, "max_steps": 2, "batch_size": 2,
+        "retriever_lr": 1e-3, "reranker_lr": 2e-3, "log_every": 1, "ar2_iterations": 2,
+        "ar2_ranker_steps": 1, "ar2_retriever_steps": 1, "ar2_refresh_top_k": 8,
+        "passage_max_length": 12, "reranker_max_length": 20, "index_passage_max_length": 24,
+        **changes})
+    return write_run_file(tmp_path / "run", "joint_models", settings, write_tables(tmp_path),
+                          tmp_path / "out", tmp_path / "work",
+                          models={"retriever": str(tmp_path / "r0"),
+                                  "reranker": str(tmp_path / "c0")},
+                          eval_split="test", progress=False)
+
+
+@pytest.mark.parametrize("method", ["rocketqav2", "ar2"])
+def test_the_launcher_trains_either_method_and_logs(tiny_model_dir, tmp_path, method):
+    result = run(joint_run_file(tiny_model_dir, tmp_path, method))
     assert result["lists"] == 6
-    records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
     phases = {r["phase"] for r in records}
     assert phases == ({"joint"} if method == "rocketqav2" else {"ranker", "retriever", "iteration"})
-    saved = json.loads((tmp_path / "out/retriever/jrr_retriever.json").read_text()) \
-        if (tmp_path / "out/retriever/jrr_retriever.json").exists() else None
-    assert DenseRetriever.from_pretrained(str(tmp_path / "out/retriever")).config.passage_max_length == 24, saved
-    assert CrossEncoderReranker.from_pretrained(str(tmp_path / "out/reranker")) is not None
-    assert json.loads((tmp_path / "result.json").read_text())["method"] == method
+    saved = DenseRetriever.from_pretrained(str(tmp_path / "out/retriever"))
+    assert saved.config.passage_max_length == 24  # the serving length, not the training one
+    reranker = CrossEncoderReranker.from_pretrained(str(tmp_path / "out/reranker"))
+    assert reranker.config.max_length == 20
+    assert json.loads((tmp_path / "run/result.json").read_text())["method"] == method
 
 
-def test_joint_config_errors_name_the_field(tmp_path):
-    base = {"method": "rocketqav2", "retriever": "r", "reranker": "c", "output_dir": "o",
-            "work_dir": "w", "data": {t: f"{t}.parquet" for t in
-                                      ("queries", "corpus", "qrels", "candidates")}}
-    for change, message in (({"method": "ance"}, "field 'method'"),
+def test_run_file_errors_name_the_file_and_field(tiny_model_dir, tmp_path, capsys):
+    path = joint_run_file(tiny_model_dir, tmp_path, "rocketqav2")
+    good = json.loads(path.read_text())
+    for change, message in (({"stage": "ance"}, "field 'stage'"),
                             ({"lr": 1}, "field 'lr': unknown key"),
-                            ({"ar2": {"lam": 2.0}}, "lam must be in"),
-                            ({"list_length": 1}, "field 'list_length'"),
-                            ({"rocketqav2": {"mood": "x"}}, "field 'rocketqav2.mood'")):
-        path = tmp_path / "bad.json"
-        path.write_text(json.dumps({**base, **change}))
-        with pytest.raises(ValueError, match=message) as err:
-            load_joint_config(path)
-        assert str(path) in str(err.value)
+                            ({"settings": {**good["settings"], "ar2_lambda": 2.0}},
+                             r"joint_models.ar2_lambda = 2.0: must be <= 1"),
+                            ({"settings": {**good["settings"], "list_length": 1}},
+                             r"joint_models.list_length = 1: must be >= 2"),
+                            ({"settings": {**good["settings"], "mood": "x"}},
+                             r"joint_models.mood: unknown setting"),
+                            ({"models": {"retriever": "r0"}}, r"field 'models.reranker': missing"),
+                            ({"data": {**good["data"], "qrels": "gone.parquet"}},
+                             r"field 'data.qrels': file not found")):
+        bad = path.parent / "bad.json"
+        bad.write_text(json.dumps({**good, **change}))
+        with pytest.raises((ValueError, FileNotFoundError), match=message) as err:
+            read_run_file(bad).tables()
+        assert str(bad) in str(err.value)
+        assert main(["--config", str(bad)]) == 2
+        assert str(bad) in capsys.readouterr().err
+    bad.write_text('{"stage": "joint_models",\n "data": }')
+    with pytest.raises(ValueError, match=r"bad.json:2: invalid JSON"):
+        read_run_file(bad)
 
 
 def test_ar2_under_two_gloo_ranks(tiny_model_dir, tmp_path):
@@ -213,20 +224,12 @@ def test_ar2_under_two_gloo_ranks(tiny_model_dir, tmp_path):
     from jrr_pipeline.ml.training import launch_torchrun
 
     repo = Path(__file__).resolve().parents[3]
-    retriever, reranker = models(tiny_model_dir)
-    retriever.save_pretrained(tmp_path / "r0")
-    reranker.save_pretrained(tmp_path / "c0")
-    config = {"method": "ar2", "retriever": "r0", "reranker": "c0", "data": write_tables(tmp_path),
-              "list_length": 3, "train": {"batch_size": 2, "lr": 1e-3, "log_every": 1},
-              "ar2": {"iterations": 2, "ranker_steps": 1, "retriever_steps": 1, "refresh_top_k": 8},
-              "eval_split": "test", "output_dir": "out", "work_dir": "work",
-              "metrics_file": "metrics.jsonl", "result_file": "result.json", "progress": False}
-    (tmp_path / "joint.json").write_text(json.dumps(config))
+    path = joint_run_file(tiny_model_dir, tmp_path, "ar2")
     env = {"PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}
-    launch_torchrun(2, "jrr_pipeline.ml.training.joint_run", ["--config", str(tmp_path / "joint.json")],
+    launch_torchrun(2, "jrr_pipeline.ml.training.launch", ["--config", str(path)],
                     env=env, cwd=repo, timeout=300)
-    result = json.loads((tmp_path / "result.json").read_text())
+    result = json.loads((tmp_path / "run/result.json").read_text())
     assert result["method"] == "ar2" and len(result["iterations"]) == 2
     assert result["iterations"][1]["refreshed"] == 1.0
     assert len(json.loads((tmp_path / "work/iteration-001/lists.json").read_text())["lists"]) == 6
