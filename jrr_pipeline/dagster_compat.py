@@ -14,14 +14,23 @@ broke. Checked against dagster 1.13: where a public API does the job the project
   run requests use; it is not exposed publicly.
 - ``forget_closed_defs_state_storage``: a context variable that can outlive the instance it
   belongs to.
+
+Also here, as it changes with the Dagster release too: ``quiet_dagster_previews`` (public classes).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
-from dagster import AssetKey, DagsterInstance, DagsterInvariantViolationError
+from dagster import (
+    AssetKey,
+    BetaWarning,
+    DagsterInstance,
+    DagsterInvariantViolationError,
+    PreviewWarning,
+)
 
 # Public API missing: ObserveResult(data_version=...) exists only inside an observable source asset;
 # the dataset sensor and the retrain schedule record the dataset's data version by tagging an
@@ -46,6 +55,7 @@ __all__ = [
     "extract_data_version_from_entry",
     "forget_closed_defs_state_storage",
     "observe",
+    "quiet_dagster_previews",
     "stale_status",
 ]
 
@@ -94,3 +104,14 @@ def forget_closed_defs_state_storage() -> None:
     except DagsterInvariantViolationError:
         _current_storage.set(None)
 
+
+def quiet_dagster_previews() -> None:
+    """Ignore Dagster's ``BetaWarning`` and ``PreviewWarning`` (only those) in this process.
+
+    The code location relies on APIs Dagster marks beta (``observable_source_asset``, asset
+    selection strings over source assets) and warns about on every load; the project pins Dagster,
+    so for a user of ``jrr`` these warnings are noise. Called where the code location and the CLI
+    start; pytest resets warning filters per test, so tests still see them.
+    """
+    for category in (BetaWarning, PreviewWarning):
+        warnings.filterwarnings("ignore", category=category)

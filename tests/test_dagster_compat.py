@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import contextvars
 import gc
+import os
 import re
+import subprocess
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -19,6 +22,7 @@ from dagster import (
     DagsterInvariantViolationError,
     DataVersion,
     Definitions,
+    PreviewWarning,
     asset,
     instance_for_test,
     materialize,
@@ -116,6 +120,16 @@ def test_forget_closed_defs_state_storage_drops_a_dead_instances_storage():
     compat.forget_closed_defs_state_storage()  # nothing to forget: a no-op
 
 
+def test_quiet_dagster_previews_ignores_only_beta_and_preview_warnings():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        compat.quiet_dagster_previews()
+        warnings.warn("beta", BetaWarning, stacklevel=1)
+        warnings.warn("preview", PreviewWarning, stacklevel=1)
+        warnings.warn("other", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["other"]
+
+
 def test_only_dagster_compat_uses_dagster_private_apis():
     root = Path(jrr_pipeline.__file__).parent
     users = sorted(str(p.relative_to(root)) for p in root.rglob("*.py")
@@ -123,3 +137,27 @@ def test_only_dagster_compat_uses_dagster_private_apis():
     assert users == ["dagster_compat.py"], (
         f"{users}: Dagster private APIs (dagster._...) belong in jrr_pipeline/dagster_compat.py")
 
+
+def _no_dagster_stability_warnings(command: list[str]) -> subprocess.CompletedProcess:
+    out = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONWARNINGS": "default"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    for name in ("BetaWarning", "PreviewWarning"):
+        assert name not in out.stderr, out.stderr[-3000:]
+    return out
+
+
+def test_cli_prints_no_beta_or_preview_warnings(beir_dir: Path, jrr_env: Path):
+    script = Path(sys.executable).with_name("jrr")  # the installed entry point
+    jrr = [str(script)] if script.exists() else [
+        sys.executable, "-c", "import sys; from jrr_pipeline.cli import main; sys.exit(main())"]
+    out = _no_dagster_stability_warnings([*jrr, "run", str(beir_dir), "--preset", "ci", "--dry-run"])
+    assert "stale or missing: " in out.stdout
+
+
+def test_code_location_loads_without_beta_or_preview_warnings(beir_dir: Path, jrr_env: Path,
+                                                              monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("JRR_DATA_DIR", str(beir_dir))
+    monkeypatch.setenv("JRR_PRESET", "ci")
+    _no_dagster_stability_warnings(
+        [sys.executable, "-c", "from jrr_pipeline.definitions import defs; defs.resolve_asset_graph()"])
