@@ -185,7 +185,12 @@ def test_joint_run_cli_trains_and_logs(tiny_model_dir, tmp_path, method):
     saved = json.loads((tmp_path / "out/retriever/jrr_retriever.json").read_text()) \
         if (tmp_path / "out/retriever/jrr_retriever.json").exists() else None
     assert DenseRetriever.from_pretrained(str(tmp_path / "out/retriever")).config.passage_max_length == 24, saved
-    assert CrossEncoderReranker.from_pretrained(str(tmp_path / "out/reranker")) is not None
+    # the saved reranker is the trained one (not a copy of c0), with c0's settings
+    trained = CrossEncoderReranker.from_pretrained(str(tmp_path / "out/reranker"))
+    assert trained.config == reranker.config
+    pairs = list(zip(TOPICS, PASSAGES[:len(TOPICS)], strict=True))
+    assert not torch.allclose(torch.from_numpy(trained.predict(pairs)),
+                              torch.from_numpy(reranker.predict(pairs)))
     assert json.loads((tmp_path / "result.json").read_text())["method"] == method
 
 

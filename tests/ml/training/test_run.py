@@ -6,8 +6,10 @@ import json
 
 import polars as pl
 import pytest
+import torch
 
 from jrr_pipeline.ml.modeling import CrossEncoderReranker, DenseRetriever
+from jrr_pipeline.ml.training.checkpoint import load_training_state
 from jrr_pipeline.ml.training.run import load_run_config, main
 
 WORDS = ["apple", "river", "music", "window", "garden", "doctor", "planet", "winter"]
@@ -56,8 +58,13 @@ def test_cli_trains_and_writes_outputs(tiny_model_dir, tmp_path, task) -> None:
     result = json.loads((out / "result.json").read_text())
     assert result["completed"] and result["step"] == 4 and result["n_examples"] == 6
     assert [p.name for p in (out / "state").iterdir()] == ["step-00000004"]
+    # the saved model holds the weights training ended with (the last checkpoint's)
     loader = DenseRetriever if task == "retriever" else CrossEncoderReranker
-    assert loader.from_pretrained(str(out / "model")) is not None
+    saved = loader.from_pretrained(str(out / "model")).state_dict()
+    (final,) = load_training_state(out / "state").modules.values()
+    assert final.keys() == saved.keys()
+    for key, value in final.items():
+        assert torch.equal(value, saved[key]), key
 
 
 def test_cli_config_errors_name_the_field(tiny_model_dir, tmp_path, capsys) -> None:
