@@ -1,4 +1,4 @@
-# jrr-pipeline: make install | run | test | bench | ui | mlflow | lint
+# jrr-pipeline: make install | run | test | bench | ui | mlflow | lint | browser
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export DAGSTER_DISABLE_TELEMETRY := 1
 
-.PHONY: install run test bench ui mlflow lint clean
+.PHONY: install run test bench ui mlflow lint clean browser
 
 install: $(VENV)/.installed
 
@@ -26,8 +26,16 @@ $(VENV)/.installed: pyproject.toml
 run: install
 	$(BIN)/jrr run $(DATA) --preset $(PRESET)
 
-test: install
+test: install browser
 	$(BIN)/pytest -q
+
+# The browser tests drive Debian's Chromium (no browser downloads from PyPI or npm): install it
+# with apt-get when it is missing, through sudo unless already root.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  sudo=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+	  $$sudo apt-get update -qq && \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 bench: install
 	$(BIN)/python bench/bm25_scifact.py --data $(DATA)

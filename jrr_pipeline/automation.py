@@ -24,6 +24,7 @@ from dagster import (
     AssetKey,
     AssetObservation,
     DagsterInstance,
+    DagsterInvalidDefinitionError,
     DagsterRunStatus,
     DefaultScheduleStatus,
     DefaultSensorStatus,
@@ -38,9 +39,8 @@ from dagster import (
     schedule,
     sensor,
 )
-from dagster._core.definitions.data_version import DATA_VERSION_TAG  # "dagster/data_version"
-from dagster._utils.schedules import is_valid_cron_string
 
+from jrr_pipeline.dagster_compat import DATA_VERSION_TAG
 from jrr_pipeline.resources import DatasetSource
 from jrr_pipeline.resources.dataset import files_digest as dataset_version
 
@@ -75,7 +75,7 @@ def build_automation(
 
 def _retrain_schedule(job_name: str, preset: str) -> ScheduleDefinition:
     cron = os.environ.get("JRR_RETRAIN_CRON", DEFAULT_CRON).strip()
-    if not is_valid_cron_string(cron):
+    if not _valid_cron(cron):
         raise ValueError(f"JRR_RETRAIN_CRON={cron!r} is not a valid cron expression (e.g. '0 3 * * 0')")
     running = _env_switch("JRR_RETRAIN_SCHEDULE")
 
@@ -104,6 +104,15 @@ def _retrain_schedule(job_name: str, preset: str) -> ScheduleDefinition:
         )
 
     return retrain_schedule
+
+
+def _valid_cron(cron: str) -> bool:
+    """Whether Dagster accepts ``cron`` as a schedule (asked of the public ScheduleDefinition)."""
+    try:
+        ScheduleDefinition(name="cron_check", cron_schedule=cron, job_name="cron_check")
+    except DagsterInvalidDefinitionError:
+        return False
+    return True
 
 
 def _dataset_sensor(job_name: str, preset: str) -> SensorDefinition:

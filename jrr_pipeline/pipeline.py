@@ -13,6 +13,7 @@ from dagster import (
 
 from jrr_pipeline.assets import ASSET_CHECKS, build_assets
 from jrr_pipeline.automation import build_automation
+from jrr_pipeline.dagster_compat import forget_closed_defs_state_storage
 from jrr_pipeline.resources import ArtifactStore, Compute, DatasetSource, MLflowTracking, Warehouse
 from jrr_pipeline.settings import check_preset, load_settings, resolve_settings
 
@@ -36,7 +37,7 @@ def build_definitions(preset: str | None = None, data_dir: str | None = None,
     (stage -> field -> value) default to the TOML file named by $JRR_SETTINGS. Every stage's
     settings are resolved and validated here, before any asset runs."""
     preset = check_preset(preset or os.environ.get("JRR_PRESET", "cpu"))
-    _forget_closed_defs_state_storage()
+    forget_closed_defs_state_storage()
     user = load_settings() if settings is None else settings
     assets = build_assets(resolve_settings(preset, user))
     pipeline = define_asset_job(
@@ -57,20 +58,3 @@ def build_definitions(preset: str | None = None, data_dir: str | None = None,
         executor=in_process_executor,
     )
 
-
-def _forget_closed_defs_state_storage() -> None:
-    """Dagster keeps the entered instance's defs-state storage in a context variable; when that
-    instance was closed (a test's instance, a sensor context's) the variable can outlive it and
-    building Definitions fails with "Attempted to resolve undefined DagsterInstance weakref"."""
-    try:
-        from dagster._core.errors import DagsterInvariantViolationError
-        from dagster._core.storage.defs_state.base import _current_storage
-    except ImportError:  # a Dagster without defs-state storage
-        return
-    storage = _current_storage.get()
-    if storage is None or not getattr(storage, "has_instance", False):
-        return
-    try:
-        storage._instance  # noqa: B018 - resolving the weakref is the check
-    except DagsterInvariantViolationError:
-        _current_storage.set(None)

@@ -52,12 +52,17 @@ def beir_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_beir(tmp_path_factory.mktemp("data") / "toyset")
 
 
-@pytest.fixture
-def jrr_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An isolated JRR_HOME and DAGSTER_HOME for one test."""
-    home = tmp_path / "jrr_home"
+def isolate_home(root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point JRR_HOME and DAGSTER_HOME under ``root`` (until ``monkeypatch`` is undone)."""
+    home = root / "jrr_home"
     monkeypatch.setenv("JRR_HOME", str(home))
     monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("JRR_DATA_DIR", raising=False)
     return home
+
+
+@pytest.fixture
+def jrr_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An isolated JRR_HOME and DAGSTER_HOME for one test."""
+    return isolate_home(tmp_path, monkeypatch)

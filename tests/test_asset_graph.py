@@ -1,25 +1,39 @@
-"""The whole asset graph through Dagster: materialize with checks, re-run, staleness, bad input."""
+"""The whole asset graph through Dagster: materialize with checks, re-run, staleness, bad input.
+
+The ci-preset graph is materialized once per module; the tests after it check one thing each.
+Later stages change that state (an edited query, changed settings), so each stage is a module-scoped
+fixture that builds on the one before, and tests come in stage order: a test asks for the stage it
+checks, and runs before any later stage has been built. When a stage's run fails, the tests that
+build on it error naming that stage.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 import pytest
-from dagster import AssetKey, instance_for_test
-from dagster._core.definitions.data_version import extract_data_version_from_entry
+from dagster import AssetKey, DagsterInstance, instance_for_test
+from mlflow import MlflowClient
 
+from jrr_pipeline.dagster_compat import extract_data_version_from_entry
 from jrr_pipeline.ops.lineage import model_lineage
-from jrr_pipeline.ops.runner import run_pipeline
+from jrr_pipeline.ops.runner import RunOutcome, run_pipeline
 from jrr_pipeline.ops.staleness import stale_or_missing
 from jrr_pipeline.pipeline import build_definitions
+from tests.conftest import isolate_home
 
 JOINT = {"joint_retriever", "joint_reranker", "faiss_index", "evaluation_report"}
 ALL_ASSETS = {"corpus", "queries", "qrels", "bm25_index", "bm25_negatives", "warmup_retriever",
               "warmup_reranker", "dense_negatives", "denoised_candidates"} | JOINT
 RERANKER_DOWNSTREAM = {"warmup_reranker", "denoised_candidates"} | JOINT
+RERANKER_SETTING = {"warmup_reranker": {"lr": 3e-4}}
+AR2_SETTINGS = {**RERANKER_SETTING, "joint_models": {"method": "ar2"}}
 
 
 @pytest.fixture
@@ -29,24 +43,86 @@ def instance(jrr_env: Path):
         yield inst
 
 
-def test_full_graph_then_noop_then_one_stale_branch(beir_dir, jrr_env, instance, tmp_path,
-                                                     monkeypatch, capsys):
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    monkeypatch.chdir(cwd)  # nothing may be written to the current directory
-    data = tmp_path / "toyset"
-    data.mkdir()
-    for f in beir_dir.rglob("*"):
-        if f.is_file():
-            (data / f.relative_to(beir_dir)).parent.mkdir(parents=True, exist_ok=True)
-            (data / f.relative_to(beir_dir)).write_bytes(f.read_bytes())
+@dataclass
+class Graph:
+    """One module's pipeline home: the dataset copy it edits, JRR_HOME, the Dagster instance."""
 
-    first = run_pipeline(str(data), preset="ci", echo=None, instance=instance)
+    data: Path
+    home: Path
+    cwd: Path
+    instance: DagsterInstance
+
+    @property
+    def mlflow_uri(self) -> str:
+        return f"sqlite:///{self.home / 'mlflow.db'}"
+
+    def run(self, **kwargs) -> RunOutcome:
+        return run_pipeline(str(self.data), preset="ci", echo=None, instance=self.instance, **kwargs)
+
+
+def _built(outcome: RunOutcome, stage: str) -> RunOutcome:
+    if not outcome.success:
+        pytest.fail(f"the {stage} run this test builds on failed: {outcome.failure}")
+    return outcome
+
+
+@pytest.fixture(scope="module")
+def graph(beir_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("graph")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        home = isolate_home(root, monkeypatch)
+        cwd = root / "cwd"
+        cwd.mkdir()
+        monkeypatch.chdir(cwd)  # nothing may be written to the current directory
+        data = Path(shutil.copytree(beir_dir, root / "toyset"))
+        (home / "dagster").mkdir(parents=True)
+        with instance_for_test(temp_dir=str(home / "dagster")) as inst:
+            yield Graph(data=data, home=home, cwd=cwd, instance=inst)
+
+
+@pytest.fixture(scope="module")
+def first(graph: Graph) -> RunOutcome:
+    """Stage 1: the whole graph, materialized from nothing."""
+    return _built(graph.run(), "first (full graph)")
+
+
+@pytest.fixture(scope="module")
+def edited_query(graph: Graph, first: RunOutcome) -> RunOutcome:
+    """Stage 2: one query's text edited, then `jrr run` again."""
+    lines = (graph.data / "queries.jsonl").read_text().splitlines()
+    first_query = json.loads(lines[0])
+    first_query["text"] += " aggregate"
+    lines[0] = json.dumps(first_query)
+    (graph.data / "queries.jsonl").write_text("\n".join(lines) + "\n")
+    return _built(graph.run(), "edited-query")
+
+
+@pytest.fixture(scope="module")
+def reranker_setting(graph: Graph, edited_query: RunOutcome) -> RunOutcome:
+    """Stage 3: one warmup_reranker setting changed."""
+    return _built(graph.run(settings=RERANKER_SETTING), "changed reranker setting")
+
+
+@pytest.fixture(scope="module")
+def ar2(graph: Graph, reranker_setting: RunOutcome) -> RunOutcome:
+    """Stage 4: AR2 instead of RocketQAv2 for the joint models."""
+    return _built(graph.run(settings=AR2_SETTINGS), "AR2")
+
+
+# ---------------------------------------------------------------- stage 1: the first run
+
+
+def test_full_graph_materializes_with_passing_checks(first):
     assert first.success, first.failure
     assert set(first.materialized) == ALL_ASSETS
     assert first.checks and all(first.checks.values()), first.checks
     assert "qrels:qrels_no_split_leak" in first.checks
+    assert first.checks["faiss_index:faiss_index_matches_corpus"]
+    assert first.checks["denoised_candidates:candidates_exclude_positives"]
+    assert first.checks["denoised_candidates:candidates_list_length"]
 
+
+def test_report_has_every_system_with_sane_metrics(first):
     report = json.loads(first.report_path.read_text())
     assert report["dataset"] == "toyset" and report["split"] == "test"
     bm25 = report["systems"]["bm25"]
@@ -66,13 +142,15 @@ def test_full_graph_then_noop_then_one_stale_branch(beir_dir, jrr_env, instance,
     counts = report["win_loss"]["joint_retriever"]
     assert counts["wins"] + counts["losses"] + counts["ties"] == report["num_queries"]
     assert report["win_loss_baseline"] == "warmup_retriever"
-    assert first.checks["faiss_index:faiss_index_matches_corpus"]
     assert "| joint_retriever |" in (first.report_path.parent / "evaluation.md").read_text()
     assert (first.report_path.parent / "recall_curve.png").stat().st_size > 5000
     assert (first.report_path.parent / "evaluation.md").read_text().count("bm25") >= 1
     assert any(p.suffix == ".png" for p in first.report_path.parent.iterdir())
 
-    con = duckdb.connect(str(jrr_env / "warehouse.duckdb"), read_only=True)
+
+def test_warehouse_tables(graph, first):
+    bm25 = json.loads(first.report_path.read_text())["systems"]["bm25"]
+    con = duckdb.connect(str(graph.home / "warehouse.duckdb"), read_only=True)
     assert con.execute("select count(*) from corpus").fetchone()[0] == 80
     assert con.execute("select count(distinct query_id) from negatives").fetchone()[0] == 40
     assert con.execute("select max(rank) from negatives").fetchone()[0] <= 20  # ci preset top_k
@@ -81,8 +159,10 @@ def test_full_graph_then_noop_then_one_stale_branch(beir_dir, jrr_env, instance,
     con.close()
     assert stored == [(pytest.approx(bm25["nDCG@10"]),)]
 
-    # candidate lists: positives first, ci list length 4, no labelled positive as a negative
-    con = duckdb.connect(str(jrr_env / "warehouse.duckdb"), read_only=True)
+
+def test_candidate_lists(graph, first):
+    """Positives first, ci list length 4, no labelled positive as a negative."""
+    con = duckdb.connect(str(graph.home / "warehouse.duckdb"), read_only=True)
     per_query = con.execute(
         "select query_id, sum(label), count(*) - sum(label) from candidates group by query_id").fetchall()
     leaks = con.execute(
@@ -94,117 +174,147 @@ def test_full_graph_then_noop_then_one_stale_branch(beir_dir, jrr_env, instance,
     assert leaks == 0 and "qrels" in sources
     assert sources <= {"qrels"} | {f"{kind}:{src}" for kind in ("raw", "denoised", "pseudo_positive")
                                    for src in ("bm25", "dense", "bm25+dense")}
-    assert first.checks["denoised_candidates:candidates_exclude_positives"]
-    assert first.checks["denoised_candidates:candidates_list_length"]
 
-    import mlflow
 
-    mlflow.set_tracking_uri(f"sqlite:///{jrr_env / 'mlflow.db'}")
-    run = mlflow.get_run(report["mlflow_run_id"])
-    assert run.data.metrics["bm25.nDCG_at_10"] == pytest.approx(bm25["nDCG@10"])
+def test_mlflow_run_holds_the_report_metrics(graph, first):
+    report = json.loads(first.report_path.read_text())
+    run = MlflowClient(graph.mlflow_uri).get_run(report["mlflow_run_id"])
+    assert run.data.metrics["bm25.nDCG_at_10"] == pytest.approx(report["systems"]["bm25"]["nDCG@10"])
     assert run.data.tags["dagster.run_id"] == first.run_id
 
-    assert list(cwd.iterdir()) == []
 
-    again = run_pipeline(str(data), preset="ci", echo=None, instance=instance)
+def test_nothing_written_to_the_working_directory(graph, first):
+    assert list(graph.cwd.iterdir()) == []
+
+
+def test_rerun_without_changes_materializes_nothing(graph, first):
+    again = graph.run()
     assert again.success and again.materialized == []
     assert set(again.fresh) == ALL_ASSETS
 
-    # edit one query: only the query-dependent branch is stale; the BM25 index stays fresh
-    lines = (data / "queries.jsonl").read_text().splitlines()
-    first_query = json.loads(lines[0])
-    first_query["text"] += " aggregate"
-    lines[0] = json.dumps(first_query)
-    (data / "queries.jsonl").write_text("\n".join(lines) + "\n")
-    third = run_pipeline(str(data), preset="ci", echo=None, instance=instance)
-    assert third.success, third.failure
-    assert set(third.materialized) == ALL_ASSETS - {"bm25_index"}
 
-    # one reranker setting changed: exactly the reranker and its downstream turn stale and run
-    settings = {"warmup_reranker": {"lr": 3e-4}}
-    status = stale_or_missing(build_definitions("ci", str(data), settings), instance)
-    # Dagster flags the changed asset itself; its downstream turns stale once its new data version
-    # exists, which the runner's stale-only rounds pick up within the same `jrr run`.
+# ------------------------------------------------------------- stage 2: one query edited
+
+
+def test_edited_query_reruns_its_branch_only(edited_query):
+    """Only the query-dependent branch is stale; the BM25 index stays fresh."""
+    assert edited_query.success, edited_query.failure
+    assert set(edited_query.materialized) == ALL_ASSETS - {"bm25_index"}
+
+
+def test_lineage_from_registered_model_to_dataset_files(graph, first, edited_query):
+    """Registered model -> MLflow run -> negatives -> tables -> the dataset files."""
+    instance = graph.instance
+    tree = model_lineage("jrr-toyset-warmup_retriever", graph.mlflow_uri, instance)
+    text = "\n".join(tree.render())
+    assert "jrr-toyset-warmup_retriever version 2" in text  # first run, then the edited query
+    made_by = set(re.findall(r"dagster run: ([0-9a-f-]{36})", text.split("<- [asset]")[0]))
+    assert made_by and all(instance.get_run_by_id(r) is not None for r in made_by)
+    for asset in ("bm25_negatives", "corpus", "queries", "qrels", "dataset_files"):
+        assert f"{asset} data version" in text, asset
+    queries_sha = hashlib.sha256((graph.data / "queries.jsonl").read_bytes()).hexdigest()
+    assert f"file queries.jsonl: sha256 {queries_sha[:16]}" in text
+    assert "not in this Dagster instance" not in text
+    model_run = MlflowClient(graph.mlflow_uri).get_run(
+        tree.parents[0].title.split("(")[1].split(",")[0])
+    (dataset_input,) = model_run.inputs.dataset_inputs
+    observed = instance.get_latest_data_version_record(AssetKey("dataset_files"))
+    assert dataset_input.dataset.digest == extract_data_version_from_entry(
+        observed.event_log_entry).value
+    with pytest.raises(ValueError, match="has no version 9"):
+        model_lineage("jrr-toyset-warmup_retriever:9", graph.mlflow_uri, instance)
+
+
+# -------------------------------------------------- stage 3: one reranker setting changed
+
+
+def test_reranker_setting_stales_only_the_reranker(graph, edited_query):
+    """Dagster flags the changed asset itself; its downstream turns stale once its new data version
+    exists, which the runner's stale-only rounds pick up within the same `jrr run`."""
+    status = stale_or_missing(build_definitions("ci", str(graph.data), RERANKER_SETTING),
+                              graph.instance)
     assert {k.to_user_string() for k, s in status.items() if s != "FRESH"} == {"warmup_reranker"}
-    dry = run_pipeline(str(data), preset="ci", echo=None, instance=instance, settings=settings,
-                       dry_run=True)
+    dry = graph.run(settings=RERANKER_SETTING, dry_run=True)
     assert dry.stale == ["warmup_reranker"] and dry.materialized == []
     assert dry.downstream == sorted(RERANKER_DOWNSTREAM - {"warmup_reranker"})
-    fourth = run_pipeline(str(data), preset="ci", echo=None, instance=instance, settings=settings)
-    assert fourth.success, fourth.failure
-    assert set(fourth.materialized) == RERANKER_DOWNSTREAM
 
-    # AR2 instead of RocketQAv2: only the joint models and what reads them re-run; one MLflow
-    # parent run with a nested run per iteration (the second one evaluated its index refresh)
-    ar2 = run_pipeline(str(data), preset="ci", echo=None, instance=instance,
-                       settings={**settings, "joint_models": {"method": "ar2"}})
+
+def test_reranker_setting_reruns_exactly_its_downstream(reranker_setting):
+    assert reranker_setting.success, reranker_setting.failure
+    assert set(reranker_setting.materialized) == RERANKER_DOWNSTREAM
+
+
+# ------------------------------------------------------------------ stage 4: AR2 instead
+
+
+def test_ar2_reruns_the_joint_models_with_nested_mlflow_runs(graph, ar2):
+    """Only the joint models and what reads them re-run; one MLflow parent run with a nested run
+    per iteration (the second one evaluated its index refresh)."""
     assert ar2.success, ar2.failure
     assert set(ar2.materialized) == JOINT
     ar2_report = json.loads(ar2.report_path.read_text())
     assert 0.0 < ar2_report["systems"]["joint_retriever"]["nDCG@10"] <= 1.0
-    version = mlflow.MlflowClient().get_model_version("jrr-toyset-joint_retriever", "4")
-    parent = mlflow.get_run(version.run_id)
+    client = MlflowClient(graph.mlflow_uri)
+    version = client.get_model_version("jrr-toyset-joint_retriever", "4")
+    parent = client.get_run(version.run_id)
     assert parent.data.tags["method"] == "ar2"
     assert parent.data.tags["dagster.asset_key"] == "joint_reranker,joint_retriever"
     assert "dagster.input_data_version.denoised_candidates" in parent.data.tags
-    children = mlflow.search_runs(experiment_ids=[parent.info.experiment_id], output_format="list",
+    children = client.search_runs(experiment_ids=[parent.info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{version.run_id}'")
     assert sorted(c.data.tags["ar2.iteration"] for c in children) == ["0", "1"]
     refreshed = next(c for c in children if c.data.tags["ar2.iteration"] == "1")
     assert 0.0 <= refreshed.data.metrics["refresh.eval_nDCG_at_10"] <= 1.0
     assert "retriever.adversarial" in parent.data.metrics
 
-    # lineage: registered model -> MLflow run -> negatives -> tables -> the dataset files
-    uri = f"sqlite:///{jrr_env / 'mlflow.db'}"
-    tree = model_lineage("jrr-toyset-warmup_retriever", uri, instance)
-    text = "\n".join(tree.render())
-    assert "jrr-toyset-warmup_retriever version 2" in text  # first run, then the edited query
-    import re
 
-    made_by = set(re.findall(r"dagster run: ([0-9a-f-]{36})", text.split("<- [asset]")[0]))
-    assert made_by and all(instance.get_run_by_id(r) is not None for r in made_by)
-    for asset in ("bm25_negatives", "corpus", "queries", "qrels", "dataset_files"):
-        assert f"{asset} data version" in text, asset
-    queries_sha = hashlib.sha256((data / "queries.jsonl").read_bytes()).hexdigest()
-    assert f"file queries.jsonl: sha256 {queries_sha[:16]}" in text
-    assert "not in this Dagster instance" not in text
-    model_run = mlflow.get_run(tree.parents[0].title.split("(")[1].split(",")[0])
-    (dataset_input,) = model_run.inputs.dataset_inputs
-    observed = instance.get_latest_data_version_record(AssetKey("dataset_files"))
-    assert dataset_input.dataset.digest == extract_data_version_from_entry(
-        observed.event_log_entry).value
-    with pytest.raises(ValueError, match="has no version 9"):
-        model_lineage("jrr-toyset-warmup_retriever:9", uri, instance)
-
-    # last: the CLI resets process-wide Dagster state (DAGSTER_HOME) that the runs above rely on
+def test_cli_report_history(graph, ar2):
     from jrr_pipeline.cli import main
 
     assert main(["report", "--history"]) == 0
-    assert (jrr_env / "reports" / "history_nDCG_at_10.png").stat().st_size > 5000
-    capsys.readouterr()
-    assert main(["lineage", "jrr-toyset-warmup_reranker:1", "--tracking-uri", uri]) == 0
+    assert (graph.home / "reports" / "history_nDCG_at_10.png").stat().st_size > 5000
+
+
+def test_cli_lineage(graph, first, ar2, capsys):
+    from jrr_pipeline.cli import main
+
+    assert main(["lineage", "jrr-toyset-warmup_reranker:1", "--tracking-uri", graph.mlflow_uri]) == 0
     out = capsys.readouterr().out
     assert "[registered model] jrr-toyset-warmup_reranker version 1" in out
     assert f"dagster run: {first.run_id}" in out
-    query_id = per_query[0][0]
+
+
+def test_cli_candidates(graph, ar2, capsys):
+    from jrr_pipeline.cli import main
+
+    con = duckdb.connect(str(graph.home / "warehouse.duckdb"), read_only=True)
+    query_id = con.execute("select min(query_id) from candidates").fetchone()[0]
+    con.close()
     assert main(["candidates", query_id]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"query {query_id}: ") and out.count("\npos ") >= 1 and out.count("\nneg ") == 3
     assert main(["candidates", "no-such-query"]) == 2
 
-    test_qid, positive = (data / "qrels" / "test.tsv").read_text().splitlines()[1].split("\t")[:2]
-    query = next(json.loads(line)["text"] for line in (data / "queries.jsonl").read_text().splitlines()
+
+def test_cli_search_finds_the_positive(graph, ar2, capsys):
+    from jrr_pipeline.cli import main
+
+    test_qid, positive = (graph.data / "qrels" / "test.tsv").read_text().splitlines()[1].split("\t")[:2]
+    query = next(json.loads(line)["text"] for line in (graph.data / "queries.jsonl").read_text().splitlines()
                  if json.loads(line)["_id"] == test_qid)
     assert main(["search", query, "--dataset", "toyset", "--k", "20", "--rerank", "--json"]) == 0
     answer = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert len(answer["hits"]) == 20 and positive in [h["doc_id"] for h in answer["hits"]]
     assert set(answer["timings_ms"]) == {"encode_ms", "search_ms", "rerank_ms", "total_ms"}
 
-    # lists longer than the retrieved pool: a warning with counts, not a failed run
-    from dagster import DagsterInstance
 
+def test_lists_longer_than_the_pool_warn_instead_of_failing(graph, ar2):
+    """Last: it rewrites the candidates table. Runs on the instance `jrr` itself opens."""
+    from jrr_pipeline.resources.home import configure_environment
+
+    configure_environment()  # what every `jrr` command does first: DAGSTER_HOME and its dagster.yaml
     with DagsterInstance.get() as cli_instance:
-        long_lists = run_pipeline(str(data), preset="ci", select="denoised_candidates", echo=None,
+        long_lists = run_pipeline(str(graph.data), preset="ci", select="denoised_candidates", echo=None,
                                   instance=cli_instance,
                                   settings={"denoised_candidates": {"list_length": 30}})
     assert long_lists.success, long_lists.failure

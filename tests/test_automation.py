@@ -21,7 +21,6 @@ from dagster import (
     build_sensor_context,
     instance_for_test,
 )
-from dagster._core.definitions.data_version import DATA_VERSION_TAG
 from dagster._core.test_utils import create_run_for_test
 
 from jrr_pipeline.automation import (
@@ -35,6 +34,7 @@ from jrr_pipeline.automation import (
     build_automation,
     parse_cursor,
 )
+from jrr_pipeline.dagster_compat import DATA_VERSION_TAG, observe
 from jrr_pipeline.ops.staleness import stale_or_missing
 from jrr_pipeline.pipeline import PIPELINE_JOB, build_definitions
 from jrr_pipeline.resources import DatasetSource
@@ -119,8 +119,6 @@ def test_defaults_env_and_definitions(data: Path, monkeypatch: pytest.MonkeyPatc
 
 
 def test_dataset_sensor_reacts_to_content_not_mtime(data: Path, instance):
-    from dagster._core.definitions.observe import observe
-
     from jrr_pipeline.assets.data import dataset_files
 
     defs = automated_defs(data)

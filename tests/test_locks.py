@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import subprocess
 import sys
 import textwrap
@@ -12,7 +14,7 @@ import polars as pl
 import pytest
 
 from jrr_pipeline.resources import Warehouse
-from jrr_pipeline.resources.locks import ResourceBusyError, exclusive
+from jrr_pipeline.resources.locks import ResourceBusyError, exclusive, holder_of
 
 
 def hold(lock: Path, seconds: float, ready: Path) -> subprocess.Popen:
@@ -61,10 +63,25 @@ def test_second_process_waits_for_the_first(tmp_path: Path):
     assert waited > 0.5 and len(waits) == 1 and "waiting up to 60s" in waits[0]
 
 
+def held_elsewhere(lock: Path) -> bool:
+    """Whether a second open file (as another process would have) fails to take ``lock``."""
+    with open(lock, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
 def test_reentrant_in_one_process(tmp_path: Path):
     lock = tmp_path / "res.lock"
-    with exclusive(lock, "r", timeout_s=0.1), exclusive(lock, "r", timeout_s=0.1):
-        pass
+    with exclusive(lock, "r", timeout_s=0.1):
+        with exclusive(lock, "r", timeout_s=0.1):  # not re-entrant: ResourceBusyError after 0.1 s
+            assert held_elsewhere(lock) and holder_of(lock)["pid"] == os.getpid()
+        # leaving the inner block keeps the outer block's lock
+        assert held_elsewhere(lock) and holder_of(lock)["pid"] == os.getpid()
+    assert not held_elsewhere(lock) and holder_of(lock) == {}
 
 
 def test_busy_warehouse_is_left_untouched(tmp_path: Path):

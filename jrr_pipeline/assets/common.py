@@ -48,7 +48,7 @@ def dagster_tags(context: AssetExecutionContext) -> dict[str, str]:
 
 def input_data_versions(context: AssetExecutionContext) -> dict[str, str]:
     """The current data version of every upstream asset of this step (what the step reads)."""
-    from dagster._core.definitions.data_version import extract_data_version_from_entry
+    from jrr_pipeline.dagster_compat import extract_data_version_from_entry
 
     upstream: set[AssetKey] = set()
     for key in context.selected_asset_keys:

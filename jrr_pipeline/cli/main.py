@@ -74,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     configure_environment()
+    from jrr_pipeline.dagster_compat import quiet_dagster_previews
+
+    quiet_dagster_previews()
     try:
         if args.command == "run":
             return cmd_run(args)

@@ -102,7 +102,8 @@ def model_lineage(spec: str, tracking_uri: str, instance=None) -> Node:
 def _asset_node(instance, key: str, data_version: str, seen: dict, depth: int = 0) -> Node:
     """The materialization (or observation) of ``key`` that had ``data_version``, with its inputs."""
     from dagster import AssetKey
-    from dagster._core.definitions.data_version import (
+
+    from jrr_pipeline.dagster_compat import (
         INPUT_DATA_VERSION_TAG_PREFIX,
         extract_data_version_from_entry,
     )

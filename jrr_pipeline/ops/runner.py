@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 from collections.abc import Callable
@@ -42,33 +41,13 @@ def run_pipeline(
     dry_run: bool = False,
 ) -> RunOutcome:
     """Observe the dataset files, then materialize the selected assets that are stale or missing."""
-    from dagster import DagsterInstance
-
-    instance = instance or DagsterInstance.get()
-    # Definitions look up Dagster's process-wide "current defs-state storage"; an instance that a
-    # caller (a test, a sensor context) entered and already closed may still be registered there,
-    # so bind the storage of the instance this run uses for the whole call.
-    with _defs_state_storage_of(instance):
-        return _run_pipeline(data_dir, preset, select, stale_only, dataset_name, run_config, echo,
-                             instance, settings, dry_run)
-
-
-def _defs_state_storage_of(instance):
-    try:
-        from dagster._core.storage.defs_state.base import set_defs_state_storage
-    except ImportError:  # a Dagster without defs-state storage: nothing to bind
-        return contextlib.nullcontext()
-    return set_defs_state_storage(getattr(instance, "defs_state_storage", None))
-
-
-def _run_pipeline(data_dir, preset, select, stale_only, dataset_name, run_config, echo,
-                  instance, settings, dry_run=False) -> RunOutcome:
-    from dagster import AssetKey, AssetSelection
-    from dagster._core.definitions.observe import observe  # not re-exported by dagster 1.13
+    from dagster import AssetKey, AssetSelection, DagsterInstance
 
     from jrr_pipeline.assets.data import dataset_files
+    from jrr_pipeline.dagster_compat import observe
     from jrr_pipeline.pipeline import build_resources
 
+    instance = instance or DagsterInstance.get()
     say = echo or (lambda _msg: None)
     defs = build_definitions(preset, data_dir, settings)
     resources = build_resources(data_dir, dataset_name)

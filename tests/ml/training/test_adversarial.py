@@ -185,8 +185,13 @@ def test_the_launcher_trains_either_method_and_logs(tiny_model_dir, tmp_path, me
     assert phases == ({"joint"} if method == "rocketqav2" else {"ranker", "retriever", "iteration"})
     saved = DenseRetriever.from_pretrained(str(tmp_path / "out/retriever"))
     assert saved.config.passage_max_length == 24  # the serving length, not the training one
-    reranker = CrossEncoderReranker.from_pretrained(str(tmp_path / "out/reranker"))
-    assert reranker.config.max_length == 20
+    # the saved reranker is the trained one (not a copy of c0), at the training length
+    trained = CrossEncoderReranker.from_pretrained(str(tmp_path / "out/reranker"))
+    start = CrossEncoderReranker.from_pretrained(str(tmp_path / "c0"))
+    assert trained.config.max_length == 20
+    pairs = list(zip(TOPICS, PASSAGES[:len(TOPICS)], strict=True))
+    assert not torch.allclose(torch.from_numpy(trained.predict(pairs)),
+                              torch.from_numpy(start.predict(pairs)))
     assert json.loads((tmp_path / "run/result.json").read_text())["method"] == method
 
 

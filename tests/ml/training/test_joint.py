@@ -69,8 +69,16 @@ def test_dynamic_joint_training_trains_both_and_saves_both(tiny_model_dir, tmp_p
     assert changed(r0, retriever) and changed(c0, reranker)
     assert ce_after < 0.5 * ce_before, (ce_before, ce_after)
     assert {"kl", "ce_loss", "retriever_acc", "reranker_acc"} <= set(result.history[-1][1])
-    assert DenseRetriever.from_pretrained(str(tmp_path / "joint" / "retriever")) is not None
-    assert CrossEncoderReranker.from_pretrained(str(tmp_path / "joint" / "reranker")) is not None
+    # the saved folders hold the trained models: same embeddings and scores on the same inputs
+    saved_retriever = DenseRetriever.from_pretrained(str(tmp_path / "joint" / "retriever"))
+    texts = [lst.passages[0] for lst in data[:3]]
+    for kind in ("query", "passage"):
+        assert torch.allclose(torch.from_numpy(saved_retriever.embed(texts, kind)),
+                              torch.from_numpy(retriever.embed(texts, kind)), atol=1e-6), kind
+    saved_reranker = CrossEncoderReranker.from_pretrained(str(tmp_path / "joint" / "reranker"))
+    pairs = [(lst.query, passage) for lst in data[:3] for passage in lst.passages]
+    assert torch.allclose(torch.from_numpy(saved_reranker.predict(pairs)),
+                          torch.from_numpy(reranker.predict(pairs)), atol=1e-6)
 
 
 def test_static_distillation_leaves_the_teacher_untouched(tiny_model_dir, tmp_path):
