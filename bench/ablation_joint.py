@@ -40,9 +40,10 @@ def run_variant(name: str, overrides: dict, home: Path, dataset: str, work: Path
     from jrr_pipeline.assets.joint import JointTrainingConfig, _monitor_split
     from jrr_pipeline.ml.evaluation import evaluate
     from jrr_pipeline.ml.fusion import rerank_run
-    from jrr_pipeline.ml.index import build_index, encode_corpus, passage_texts, search
+    from jrr_pipeline.ml.index import build_index, encode_corpus, search
     from jrr_pipeline.ml.modeling import CrossEncoderReranker, DenseRetriever
     from jrr_pipeline.ml.sparse import run_from_search
+    from jrr_pipeline.ml.text import passage_texts
     from jrr_pipeline.ml.training.joint_run import run_joint
     from jrr_pipeline.resources import Warehouse
 

@@ -22,8 +22,8 @@ from jrr_pipeline.assets.dense import autocast_dtype
 from jrr_pipeline.assets.evaluation import _query_texts, dense_run
 from jrr_pipeline.ml import fusion
 from jrr_pipeline.ml.evaluation import eval_split, evaluate
-from jrr_pipeline.ml.index import passage_texts
 from jrr_pipeline.ml.modeling import CrossEncoderReranker
+from jrr_pipeline.ml.text import passage_texts
 from jrr_pipeline.resources.artifacts import ArtifactStore
 from jrr_pipeline.resources.compute import Compute
 from jrr_pipeline.resources.warehouse import Warehouse

@@ -95,8 +95,8 @@ def _denoised_candidates(context, config, warehouse, artifacts, dataset, compute
                          tracking) -> MaterializeResult:
     from jrr_pipeline.assets.dense import autocast_dtype
     from jrr_pipeline.ml.denoise import calibrate, decide, denoise_stats, hybrid_lists
-    from jrr_pipeline.ml.index import passage_texts
     from jrr_pipeline.ml.modeling import CrossEncoderReranker
+    from jrr_pipeline.ml.text import passage_texts
 
     name = dataset.dataset_name
     denoise = config.denoise_config()

@@ -67,8 +67,8 @@ def rerank_run(artifacts: ArtifactStore, dataset: str, reranker_asset: str, ware
     Returns (fused run, reranker-only run); see ``jrr_pipeline.ml.fusion``."""
     from jrr_pipeline.assets.dense import autocast_dtype
     from jrr_pipeline.ml import fusion
-    from jrr_pipeline.ml.index import passage_texts
     from jrr_pipeline.ml.modeling import CrossEncoderReranker
+    from jrr_pipeline.ml.text import passage_texts
 
     reranker = CrossEncoderReranker.from_pretrained(str(artifacts.path(dataset, reranker_asset)))
     reranker = reranker.to(compute.torch_device()).eval()

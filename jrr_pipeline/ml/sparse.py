@@ -24,6 +24,8 @@ import polars as pl
 import Stemmer
 from tqdm.auto import tqdm
 
+from jrr_pipeline.ml.text import passage_texts
+
 CONFIG_FILE = "jrr_bm25.json"
 DOC_IDS_FILE = "doc_ids.json"
 FORMAT_VERSION = 1
@@ -254,13 +256,12 @@ def _read_json(path: Path) -> Any:
 
 
 def corpus_texts(corpus: pl.DataFrame, include_title: bool = True) -> list[str]:
-    """Texts to index: "title text" (title skipped when empty or absent), else "text"."""
+    """Texts to index: the models' passage text ("title text"), or without titles the text as is."""
+    if include_title and "title" in corpus.columns:
+        return passage_texts(corpus)
     if "text" not in corpus.columns:
         raise ValueError("corpus_texts: corpus frame has no 'text' column")
-    text = pl.col("text").fill_null("")
-    if include_title and "title" in corpus.columns:
-        text = pl.concat_str([pl.col("title").fill_null(""), text], separator=" ").str.strip_chars()
-    return corpus.select(text.alias("t"))["t"].to_list()
+    return corpus["text"].fill_null("").to_list()
 
 
 def run_from_search(

@@ -134,7 +134,7 @@ def _train_lengths(value: Any, path: Path) -> dict[str, int]:
 
 def refresh_data_from(tables: dict[str, pl.DataFrame], eval_split: str | None):
     """RefreshData: train positives from qrels, pseudo positives of the candidates as flagged."""
-    from jrr_pipeline.ml.index import passage_texts
+    from jrr_pipeline.ml.text import passage_texts
     from jrr_pipeline.ml.training.adversarial import RefreshData
 
     queries, corpus, qrels, candidates = (tables[t] for t in _TABLES)

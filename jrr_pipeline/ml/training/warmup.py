@@ -15,6 +15,7 @@ from torch import Tensor
 
 from jrr_pipeline.ml.losses import InfoNCELoss, ListwiseCELoss
 from jrr_pipeline.ml.modeling import CrossEncoderReranker, DenseRetriever
+from jrr_pipeline.ml.text import passage_texts, text_by_id
 
 
 @dataclass
@@ -24,11 +25,6 @@ class RetrievalExample:
     query: str
     positive: str
     negatives: list[str] = field(default_factory=list)
-
-
-def passage_text(title: str | None, text: str) -> str:
-    """The "title text" form every model sees for a corpus document."""
-    return f"{title or ''} {text}".strip()
 
 
 def _negative_count(batch: Sequence[RetrievalExample]) -> int:
@@ -178,11 +174,10 @@ def build_retrieval_examples(
         negatives, "negatives", ("query_id", "doc_id", "rank") + (("source",) if source else ())
     )
 
-    query_text = dict(zip(queries["query_id"].to_list(), queries["text"].to_list(), strict=True))
-    titles = corpus["title"].to_list() if "title" in corpus.columns else [""] * corpus.height
+    query_text = text_by_id(queries)
     doc_ids = corpus["doc_id"].to_list()
     doc_index = {doc_id: i for i, doc_id in enumerate(doc_ids)}
-    texts = [passage_text(t, x) for t, x in zip(titles, corpus["text"].to_list(), strict=True)]
+    texts = passage_texts(corpus)
 
     relevant = qrels.with_row_index("row").filter(pl.col("relevance") > 0)
     for table, column, known in (("qrels", "query_id", query_text), ("qrels", "doc_id", doc_index)):
