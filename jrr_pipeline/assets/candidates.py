@@ -153,13 +153,13 @@ def _denoised_candidates(context, config, warehouse, artifacts, dataset, compute
 def _histogram(decided: pl.DataFrame, out_dir, tau_neg: float):
     """Histogram of calibrated reranker probabilities: kept negatives vs dropped vs positives."""
     from jrr_pipeline.ml.evaluation.plots import score_histogram
-    from jrr_pipeline.ml.evaluation.report import atomic_write
+    from jrr_pipeline.ml.io import atomic_write_bytes
 
     groups = {d: decided.filter(pl.col("decision") == d)["ce_prob"].to_list()
               for d in ("negative", "dropped", "pseudo_positive", "positive")}
     path = out_dir / "ce_score_histogram.png"
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, score_histogram(groups, threshold=tau_neg))
+    atomic_write_bytes(path, score_histogram(groups, threshold=tau_neg))
     return path
 
 

@@ -23,9 +23,9 @@ from pydantic import Field
 from jrr_pipeline.assets.common import DEVICE_POOL, dagster_tags, input_data_versions
 from jrr_pipeline.assets.training_launch import state_dir_for
 from jrr_pipeline.assets.warmup import registered_model_name
+from jrr_pipeline.ml.io import atomic_directory as swap_dir
 from jrr_pipeline.presets import code_version, preset_config
 from jrr_pipeline.resources import ArtifactStore, Compute, DatasetSource, MLflowTracking, Warehouse
-from jrr_pipeline.resources.artifacts import swap_dir
 
 GROUP = "training"
 ASSETS = ("joint_retriever", "joint_reranker")

@@ -16,7 +16,8 @@ import faiss
 import numpy as np
 import polars as pl
 
-from jrr_pipeline.ml.modeling.base import atomic_directory, read_json, write_json
+from jrr_pipeline.ml.io import atomic_directory
+from jrr_pipeline.ml.modeling.base import read_json, write_json
 from jrr_pipeline.ml.text import passage_texts
 
 if TYPE_CHECKING:

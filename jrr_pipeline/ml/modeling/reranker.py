@@ -26,8 +26,8 @@ from transformers import (
     BatchEncoding,
 )
 
+from jrr_pipeline.ml.io import atomic_directory
 from jrr_pipeline.ml.modeling.base import (
-    atomic_directory,
     autocast_context,
     enable_checkpointing,
     module_device,

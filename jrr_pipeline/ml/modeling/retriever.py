@@ -20,8 +20,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, BatchEncoding, PreTrainedModel
 
+from jrr_pipeline.ml.io import atomic_directory
 from jrr_pipeline.ml.modeling.base import (
-    atomic_directory,
     autocast_context,
     enable_checkpointing,
     length_sorted_order,

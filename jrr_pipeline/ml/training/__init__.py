@@ -1,10 +1,10 @@
 """Training: the generic resumable (DDP-capable) loop and the retriever / reranker warm-up tasks."""
 
+from jrr_pipeline.ml.io import replace_dir_atomic
 from jrr_pipeline.ml.training.checkpoint import (
     TrainState,
     latest_state_path,
     load_training_state,
-    replace_dir_atomic,
     save_training_state,
 )
 from jrr_pipeline.ml.training.config import TrainConfig

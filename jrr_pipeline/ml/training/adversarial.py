@@ -29,7 +29,7 @@ import numpy as np
 import polars as pl
 import torch.distributed as dist
 
-from jrr_pipeline.ml.training.checkpoint import write_json_atomic
+from jrr_pipeline.ml.io import atomic_write_json, replace_dir_atomic
 from jrr_pipeline.ml.training.config import TrainConfig
 from jrr_pipeline.ml.training.distributed import is_main_process
 from jrr_pipeline.ml.training.joint import (
@@ -133,7 +133,7 @@ def _save_lists(path: Path, lists: Sequence[CandidateList], info: dict[str, floa
     payload = {"info": info, "lists": [{"query_id": x.query_id, "query": x.query,
                                         "doc_ids": list(x.doc_ids), "passages": list(x.passages)}
                                        for x in lists]}
-    write_json_atomic(path, payload)
+    atomic_write_json(path, payload)
 
 
 def _load_lists(path: Path) -> tuple[list[CandidateList], dict[str, float]]:
@@ -171,7 +171,7 @@ def _claim_work_dir(work_dir: Path, config: AR2Config, ranker_train: TrainConfig
                              f"(changed: {', '.join(changed) or 'layout'}); its finished phases "
                              f"cannot be resumed: remove the folder or choose another work dir")
     elif is_main_process():
-        write_json_atomic(path, wanted)
+        atomic_write_json(path, wanted)
     _barrier()
 
 
@@ -249,8 +249,6 @@ def train_ar2(retriever, reranker, initial_lists: Sequence[CandidateList], confi
         if on_iteration is not None and is_main_process():
             on_iteration(it, info)
     if is_main_process():
-        from jrr_pipeline.ml.training.checkpoint import replace_dir_atomic
-
         replace_dir_atomic(Path(output_dir),
                            lambda d: save_pair(retriever, reranker, Path(d), serving))
     _barrier()

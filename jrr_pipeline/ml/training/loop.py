@@ -22,11 +22,12 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from jrr_pipeline.ml.io import replace_dir_atomic
+
 from .checkpoint import (
     TrainState,
     capture_rng_state,
     load_training_state,
-    replace_dir_atomic,
     restore_rng_state,
     save_training_state,
 )
