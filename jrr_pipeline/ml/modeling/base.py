@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -74,15 +73,6 @@ def length_sorted_order(texts: Sequence[str]) -> list[int]:
     out-of-memory error show up on the first batch.
     """
     return sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-
-
-def autocast_context(
-    device: torch.device, dtype: torch.dtype | None
-) -> contextlib.AbstractContextManager:
-    """``torch.autocast`` for ``dtype`` on ``device``'s type, or a no-op when ``dtype`` is None."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def module_device(module: torch.nn.Module) -> torch.device:

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from jrr_pipeline.ml.io import replace_dir_atomic
+from jrr_pipeline.ml.precision import autocast_context, autocast_dtype, use_bf16
 
 from .checkpoint import (
     TrainState,
@@ -34,7 +35,7 @@ from .checkpoint import (
 from .config import TrainConfig
 from .data import batches_per_epoch, check_batch_size, epoch_order, local_batch
 from .distributed import cleanup_distributed, init_distributed, training_device, world_info
-from .schedule import autocast_context, build_optimizer, build_scheduler, use_bf16
+from .schedule import build_optimizer, build_scheduler
 
 
 @runtime_checkable
@@ -273,7 +274,7 @@ def _train(
                 examples, orders[state.epoch], state.batch_in_epoch, config.batch_size, rank, world
             )
             optimizer.zero_grad(set_to_none=True)
-            with autocast_context(bf16, device):
+            with autocast_context(device, autocast_dtype(bf16)):
                 loss, task_metrics = model(batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
