@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from jrr_pipeline.ml.sampling import sample_without_replacement
+
 CALIBRATIONS = ("relative", "sigmoid", "softmax")
 DECISIONS = ("negative", "dropped", "pseudo_positive")
 
@@ -152,8 +154,6 @@ def denoise_stats(decided: pl.DataFrame) -> dict:
 
 
 def _draw(pool: list[dict], n: int, rng: np.random.Generator, exclude: set[str]) -> list[dict]:
-    pool = [r for r in pool if r["doc_id"] not in exclude]
-    if n <= 0 or not pool:
-        return []
-    picked = rng.choice(len(pool), size=min(n, len(pool)), replace=False)
-    return [pool[i] for i in sorted(picked)]
+    """``n`` rows of ``pool`` whose doc is not in ``exclude``, drawn uniformly, in list order."""
+    return sample_without_replacement([r for r in pool if r["doc_id"] not in exclude], n, rng,
+                                      pool_order=True)

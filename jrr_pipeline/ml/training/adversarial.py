@@ -30,6 +30,7 @@ import polars as pl
 import torch.distributed as dist
 
 from jrr_pipeline.ml.io import atomic_write_json, replace_dir_atomic
+from jrr_pipeline.ml.sampling import sample_without_replacement
 from jrr_pipeline.ml.training.config import TrainConfig
 from jrr_pipeline.ml.training.distributed import is_main_process
 from jrr_pipeline.ml.training.joint import (
@@ -108,9 +109,9 @@ def refreshed_lists(retriever, data: RefreshData, list_length: int, top_k: int, 
         if len(pool) < list_length - 1:
             short += 1
             continue
-        picks = sorted(rng.choice(len(pool), size=list_length - 1, replace=False))
+        negatives = sample_without_replacement(pool, list_length - 1, rng, pool_order=True)
         positive = data.positives[qid][int(rng.integers(len(data.positives[qid])))]
-        ids = (positive, *(pool[i] for i in picks))
+        ids = (positive, *negatives)
         lists.append(CandidateList(data.query_text[qid], tuple(text_of[d] for d in ids), qid, ids))
     info = {"refresh_encode_s": encode_s, "refresh_lists": float(len(lists)),
             "refresh_short_lists": float(short)}

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from jrr_pipeline.ml.losses import InfoNCELoss, ListwiseCELoss
 from jrr_pipeline.ml.modeling import CrossEncoderReranker, DenseRetriever
+from jrr_pipeline.ml.sampling import sample_without_replacement
 from jrr_pipeline.ml.text import passage_texts, text_by_id
 
 
@@ -218,8 +219,7 @@ def build_retrieval_examples(
     examples: list[RetrievalExample] = []
     for qid, pos in pairs:
         pool = pools.get(qid, [])
-        take = min(n_negatives, len(pool))
-        chosen = [pool[i] for i in rng.choice(len(pool), size=take, replace=False)] if take else []
+        chosen = sample_without_replacement(pool, n_negatives, rng)
         if len(chosen) < n_negatives:
             chosen += _random_docs(
                 rng, doc_ids, n_negatives - len(chosen), positives_of[qid] | set(chosen), qid
