@@ -37,8 +37,8 @@ VARIANTS: dict[str, dict] = {
 
 def run_variant(name: str, overrides: dict, home: Path, dataset: str, work: Path, pair: bool,
                 depth: int, weight: float) -> dict:
-    from jrr_pipeline.assets.joint import JointTrainingConfig, _monitor_split
-    from jrr_pipeline.ml.evaluation import evaluate
+    from jrr_pipeline.assets.joint import JointTrainingConfig
+    from jrr_pipeline.ml.evaluation import evaluate, monitor_split
     from jrr_pipeline.ml.fusion import rerank_run
     from jrr_pipeline.ml.index import build_index, encode_corpus, search
     from jrr_pipeline.ml.modeling import CrossEncoderReranker, DenseRetriever
@@ -59,7 +59,7 @@ def run_variant(name: str, overrides: dict, home: Path, dataset: str, work: Path
     config = {**JointTrainingConfig(**overrides).run_config(),
               "retriever": str(artifacts / "warmup_retriever"),
               "reranker": str(artifacts / "warmup_reranker"), "data": data,
-              "eval_split": _monitor_split(tables["qrels"]), "output_dir": str(out / "model"),
+              "eval_split": monitor_split(tables["qrels"]), "output_dir": str(out / "model"),
               "work_dir": str(out / "work"), "metrics_file": str(out / "metrics.jsonl"),
               "result_file": str(out / "result.json"), "progress": True}
     (out / "joint.json").write_text(json.dumps(config, indent=2))

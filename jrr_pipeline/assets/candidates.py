@@ -93,8 +93,8 @@ def build_candidates_assets(preset: str) -> list:
 
 def _denoised_candidates(context, config, warehouse, artifacts, dataset, compute,
                          tracking) -> MaterializeResult:
-    from jrr_pipeline.assets.dense import autocast_dtype
     from jrr_pipeline.ml.denoise import calibrate, decide, denoise_stats, hybrid_lists
+    from jrr_pipeline.ml.inference import autocast_dtype
     from jrr_pipeline.ml.modeling import CrossEncoderReranker
     from jrr_pipeline.ml.text import passage_texts
 
@@ -113,7 +113,7 @@ def _denoised_candidates(context, config, warehouse, artifacts, dataset, compute
                      f"(top-{config.top_k} of {'+'.join(config.sources)} + positives)")
     started = time.perf_counter()
     scores = reranker.predict(pairs, batch_size=config.batch_size, progress=True,
-                              autocast_dtype=autocast_dtype(compute))
+                              autocast_dtype=autocast_dtype(compute.use_bf16()))
     score_s = time.perf_counter() - started
     context.log.info(f"scored {len(pairs)} pairs in {score_s:.0f}s ({len(pairs) / max(score_s, 1e-9):.0f}/s)")
     decided = decide(calibrate(frame.with_columns(ce_score=pl.Series(scores, dtype=pl.Float64)),

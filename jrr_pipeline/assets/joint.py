@@ -23,6 +23,7 @@ from pydantic import Field
 from jrr_pipeline.assets.common import DEVICE_POOL, dagster_tags, input_data_versions
 from jrr_pipeline.assets.training_launch import state_dir_for
 from jrr_pipeline.assets.warmup import registered_model_name
+from jrr_pipeline.ml.evaluation.metrics import monitor_split
 from jrr_pipeline.ml.io import atomic_directory as swap_dir
 from jrr_pipeline.presets import code_version, preset_config
 from jrr_pipeline.resources import ArtifactStore, Compute, DatasetSource, MLflowTracking, Warehouse
@@ -223,8 +224,7 @@ def _joint(context, config, warehouse, artifacts, dataset, compute, tracking):
 
 def _monitor_split(qrels) -> str:
     """AR2 refreshes are evaluated on dev when there is one (monitoring only, no model selection)."""
-    splits = set(qrels["split"].unique().to_list())
-    return "dev" if "dev" in splits else ("test" if "test" in splits else "train")
+    return monitor_split(qrels)
 
 
 def _log_records(records: list[dict], tags: dict[str, str]) -> None:
