@@ -7,6 +7,7 @@ from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataVa
 from pydantic import Field
 
 from jrr_pipeline.assets.common import DEVICE_POOL
+from jrr_pipeline.ml.inference import autocast_dtype, encode_queries, load_retriever
 from jrr_pipeline.presets import code_version, preset_config
 from jrr_pipeline.resources import ArtifactStore, Compute, DatasetSource, Warehouse
 
@@ -44,7 +45,6 @@ def build_dense_assets(preset: str) -> list:
 
 def _dense_negatives(context, config, warehouse, artifacts, dataset, compute) -> MaterializeResult:
     from jrr_pipeline.ml.index import build_index, encode_corpus, save_index, search
-    from jrr_pipeline.ml.inference import autocast_dtype, encode_queries, load_retriever
 
     name = dataset.dataset_name
     compute.apply_threads()

@@ -16,6 +16,7 @@ from dagster import (
 from pydantic import Field
 
 from jrr_pipeline.assets.common import DEVICE_POOL
+from jrr_pipeline.ml.inference import autocast_dtype, load_retriever
 from jrr_pipeline.presets import code_version, preset_config
 from jrr_pipeline.resources import ArtifactStore, Compute, DatasetSource, Warehouse
 
@@ -47,7 +48,6 @@ def build_serving_assets(preset: str) -> list:
                     artifacts: ArtifactStore, dataset: DatasetSource,
                     compute: Compute) -> MaterializeResult:
         from jrr_pipeline.ml.index import build_index, encode_corpus, save_index
-        from jrr_pipeline.ml.inference import autocast_dtype, load_retriever
 
         name = dataset.dataset_name
         with compute.claim(f"faiss_index ({context.run.run_id[:8]})", on_wait=context.log.warning):

@@ -46,7 +46,7 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "
 def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | None = 2,
                       sort_keys: bool = True, ensure_ascii: bool = True,
                       newline: bool = False) -> None:
-    """``obj`` as JSON (``json.dumps`` with these options, plus "\\n" when ``newline``), atomically."""
+    """``obj`` as ``json.dumps`` with these options (plus "\\n" when ``newline``), atomically."""
     text = json.dumps(obj, indent=indent, sort_keys=sort_keys, ensure_ascii=ensure_ascii)
     atomic_write_text(path, text + "\n" if newline else text)
 
@@ -85,8 +85,8 @@ def atomic_directory(directory: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 def replace_dir_atomic(target: str | os.PathLike[str], write: Callable[[Path], None]) -> None:
-    """``atomic_directory`` for writers that create the folder themselves: ``write(path)`` gets a
-    path that does not exist yet and must create it there (as ``save_pretrained``-style savers do)."""
+    """``atomic_directory`` for writers that create the folder themselves: ``write(path)`` gets
+    a path that does not exist yet and must create it (as ``save_pretrained``-style savers do)."""
     with atomic_directory(target) as tmp:
         tmp.rmdir()
         write(tmp)

@@ -1,4 +1,4 @@
-"""Inference helpers take plain arguments (a device, a bf16 flag), not the asset layer's resources."""
+"""Inference helpers take plain arguments (a device, a bf16 flag), not the assets' resources."""
 
 from __future__ import annotations
 

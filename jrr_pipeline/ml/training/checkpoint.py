@@ -31,7 +31,9 @@ import torch
 from torch import nn
 
 from jrr_pipeline.ml.io import atomic_directory
-from jrr_pipeline.ml.io import atomic_write_json as write_json_atomic  # noqa: F401 (run.py, joint_run.py)
+
+# re-exported for run.py and joint_run.py
+from jrr_pipeline.ml.io import atomic_write_json as write_json_atomic  # noqa: F401
 
 STATE_FORMAT = 1
 _STEP_PREFIX = "step-"
