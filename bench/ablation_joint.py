@@ -37,12 +37,12 @@ VARIANTS: dict[str, dict] = {
 
 def run_variant(name: str, overrides: dict, home: Path, dataset: str, work: Path, pair: bool,
                 depth: int, weight: float) -> dict:
-    from jrr_pipeline.assets.joint import monitor_split
-    from jrr_pipeline.ml.evaluation import evaluate
+    from jrr_pipeline.ml.evaluation import evaluate, monitor_split
     from jrr_pipeline.ml.fusion import rerank_run
-    from jrr_pipeline.ml.index import build_index, encode_corpus, passage_texts, search
+    from jrr_pipeline.ml.index import build_index, encode_corpus, search
     from jrr_pipeline.ml.modeling import CrossEncoderReranker, DenseRetriever
     from jrr_pipeline.ml.sparse import run_from_search
+    from jrr_pipeline.ml.text import passage_texts
     from jrr_pipeline.ml.training.launch import run, write_run_file
     from jrr_pipeline.resources import Warehouse
     from jrr_pipeline.settings import resolve_settings

@@ -38,9 +38,9 @@ def negatives_for(variant: str, warehouse, home: Path, dataset: str, n_neg: int,
 def simans_negatives(warehouse, home: Path, dataset: str, n_neg: int, seed: int, a: float,
                      b: float) -> pl.DataFrame:
     """n_neg SimANS draws per train query from the dense top-100, s = warm-up retriever score."""
-    from jrr_pipeline.ml.index import passage_texts
     from jrr_pipeline.ml.modeling import DenseRetriever
     from jrr_pipeline.ml.sampling import Candidate, SimANSSampler
+    from jrr_pipeline.ml.text import passage_texts
 
     retriever = DenseRetriever.from_pretrained(str(home / "artifacts" / dataset / "warmup_retriever"))
     retriever.eval()

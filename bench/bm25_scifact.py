@@ -7,7 +7,6 @@ Writes bench/results/bm25_scifact.json (atomically) and prints a table.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -21,6 +20,7 @@ sys.path.insert(0, str(REPO))
 
 from jrr_pipeline.ml.data import load_dataset  # noqa: E402
 from jrr_pipeline.ml.evaluation import evaluate, markdown_table  # noqa: E402
+from jrr_pipeline.ml.io import atomic_write_json  # noqa: E402
 from jrr_pipeline.ml.sparse import (  # noqa: E402
     BM25Index,
     BM25IndexSettings,
@@ -113,10 +113,7 @@ def main() -> None:
         f"mining: {n_train} train queries, {negatives.height} negatives, "
         f"{result['mining']['qps']:.0f} q/s ({t_mine:.3f} s)"
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.out.with_name(args.out.name + ".tmp")
-    tmp_out.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp_out, args.out)
+    atomic_write_json(args.out, result, sort_keys=False, newline=True)
     print(f"wrote {args.out}")
 
 

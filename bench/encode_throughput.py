@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from jrr_pipeline.ml.text import passage_text
+
 DEFAULT_CORPUS = Path(__file__).resolve().parents[1].parent / "shared/datasets/scifact/corpus.jsonl"
 
 
@@ -30,7 +32,7 @@ def load_passages(path: Path, n: int) -> list[str]:
     with path.open(encoding="utf-8") as f:
         for line in f:
             row = json.loads(line)
-            texts.append(f"{row.get('title') or ''} {row.get('text') or ''}".strip())
+            texts.append(passage_text(row.get("title"), row.get("text")))
             if len(texts) == n:
                 break
     return texts

@@ -25,8 +25,8 @@ def main() -> None:
 
     from jrr_pipeline.assets.candidates import score_frame
     from jrr_pipeline.ml.denoise import calibrate, decide, denoise_stats
-    from jrr_pipeline.ml.index import passage_texts
     from jrr_pipeline.ml.modeling import CrossEncoderReranker
+    from jrr_pipeline.ml.text import passage_texts
     from jrr_pipeline.resources import ArtifactStore, Warehouse
     from jrr_pipeline.settings import resolve_settings
 

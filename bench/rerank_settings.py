@@ -18,12 +18,12 @@ import time
 
 import polars as pl
 
-from jrr_pipeline.assets.dense import autocast_dtype
-from jrr_pipeline.assets.evaluation import _query_texts, dense_run
+from jrr_pipeline.assets.evaluation import dense_run
 from jrr_pipeline.ml import fusion
 from jrr_pipeline.ml.evaluation import eval_split, evaluate
-from jrr_pipeline.ml.index import passage_texts
+from jrr_pipeline.ml.inference import autocast_dtype
 from jrr_pipeline.ml.modeling import CrossEncoderReranker
+from jrr_pipeline.ml.text import passage_texts, query_texts
 from jrr_pipeline.resources.artifacts import ArtifactStore
 from jrr_pipeline.resources.compute import Compute
 from jrr_pipeline.resources.warehouse import Warehouse
@@ -46,7 +46,7 @@ def main() -> None:
     qrels = warehouse.table("qrels")
     split = eval_split(qrels)
     query_ids = sorted(qrels.filter(pl.col("split") == split)["query_id"].unique().to_list())
-    texts = _query_texts(warehouse, query_ids)
+    texts = query_texts(warehouse.table("queries"), query_ids)
     first = dense_run(artifacts, args.dataset, args.retriever, args.index, texts, query_ids, 100,
                       compute)
     print(json.dumps({"first_stage": args.retriever,
@@ -57,7 +57,7 @@ def main() -> None:
     trained_length = reranker.config.max_length
     corpus = warehouse.table("corpus")
     passages = dict(zip(corpus["doc_id"].to_list(), passage_texts(corpus), strict=True))
-    dtype = autocast_dtype(compute)
+    dtype = autocast_dtype(compute.use_bf16())
     lengths = [int(x) for x in args.lengths.split(",") if x] or [trained_length]
     for depth in (int(x) for x in args.depths.split(",")):
         for length in lengths:

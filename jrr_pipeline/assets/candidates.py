@@ -67,10 +67,10 @@ def build_candidates_assets(settings: dict[str, Settings]) -> list:
 
 def _denoised_candidates(context, config, warehouse, artifacts, dataset, compute,
                          tracking) -> MaterializeResult:
-    from jrr_pipeline.assets.dense import autocast_dtype
     from jrr_pipeline.ml.denoise import calibrate, decide, denoise_stats, hybrid_lists
-    from jrr_pipeline.ml.index import passage_texts
+    from jrr_pipeline.ml.inference import autocast_dtype
     from jrr_pipeline.ml.modeling import CrossEncoderReranker
+    from jrr_pipeline.ml.text import passage_texts
 
     name = dataset.dataset_name
     compute.apply_threads()
@@ -86,7 +86,7 @@ def _denoised_candidates(context, config, warehouse, artifacts, dataset, compute
                      f"(top-{config.top_k} of {'+'.join(config.sources)} + positives)")
     started = time.perf_counter()
     scores = reranker.predict(pairs, batch_size=config.batch_size, progress=True,
-                              autocast_dtype=autocast_dtype(compute))
+                              autocast_dtype=autocast_dtype(compute.use_bf16()))
     score_s = time.perf_counter() - started
     context.log.info(f"scored {len(pairs)} pairs in {score_s:.0f}s ({len(pairs) / max(score_s, 1e-9):.0f}/s)")
     decided = decide(calibrate(frame.with_columns(ce_score=pl.Series(scores, dtype=pl.Float64)),
@@ -126,13 +126,13 @@ def _denoised_candidates(context, config, warehouse, artifacts, dataset, compute
 def _histogram(decided: pl.DataFrame, out_dir, tau_neg: float):
     """Histogram of calibrated reranker probabilities: kept negatives vs dropped vs positives."""
     from jrr_pipeline.ml.evaluation.plots import score_histogram
-    from jrr_pipeline.ml.evaluation.report import atomic_write
+    from jrr_pipeline.ml.io import atomic_write_bytes
 
     groups = {d: decided.filter(pl.col("decision") == d)["ce_prob"].to_list()
               for d in ("negative", "dropped", "pseudo_positive", "positive")}
     path = out_dir / "ce_score_histogram.png"
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, score_histogram(groups, threshold=tau_neg))
+    atomic_write_bytes(path, score_histogram(groups, threshold=tau_neg))
     return path
 
 

@@ -6,30 +6,13 @@ import polars as pl
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from jrr_pipeline.assets.common import DEVICE_POOL, stage_config
+from jrr_pipeline.ml.inference import autocast_dtype, encode_queries, load_retriever
 from jrr_pipeline.ml.settings import Settings
 from jrr_pipeline.resources import ArtifactStore, Compute, DatasetSource, Warehouse
 from jrr_pipeline.settings import code_version
 
 GROUP = "negatives"
 WARMUP_INDEX = "warmup_index"  # artifact folder of the warm-up retriever's corpus index
-
-
-def load_retriever(path, compute: Compute):
-    from jrr_pipeline.ml.modeling import DenseRetriever
-
-    retriever = DenseRetriever.from_pretrained(str(path))
-    return retriever.to(compute.torch_device()).eval()
-
-
-def autocast_dtype(compute: Compute):
-    import torch
-
-    return torch.bfloat16 if compute.use_bf16() else None
-
-
-def encode_queries(retriever, texts: list[str], compute: Compute, batch_size: int = 128):
-    return retriever.embed(texts, kind="query", batch_size=batch_size,
-                           autocast_dtype=autocast_dtype(compute))
 
 
 def build_dense_assets(settings: dict[str, Settings]) -> list:
@@ -59,11 +42,11 @@ def _dense_negatives(context, config, warehouse, artifacts, dataset, compute) ->
 
     name = dataset.dataset_name
     compute.apply_threads()
-    retriever = load_retriever(artifacts.path(name, "warmup_retriever"), compute)
+    retriever = load_retriever(artifacts.path(name, "warmup_retriever"), compute.torch_device())
     corpus = warehouse.table("corpus")
     started = time.perf_counter()
     embeddings = encode_corpus(retriever, corpus, batch_size=config.batch_size, progress=True,
-                               autocast_dtype=autocast_dtype(compute))
+                               autocast_dtype=autocast_dtype(compute.use_bf16()))
     encode_s = time.perf_counter() - started
     context.log.info(f"encoded {corpus.height} passages in {encode_s:.0f}s "
                      f"({corpus.height / max(encode_s, 1e-9):.1f} passages/s)")
@@ -76,7 +59,7 @@ def _dense_negatives(context, config, warehouse, artifacts, dataset, compute) ->
     query_ids = sorted(split_qrels["query_id"].unique().to_list())
     queries = warehouse.table("queries")
     text = dict(zip(queries["query_id"].to_list(), queries["text"].to_list(), strict=True))
-    q_emb = encode_queries(retriever, [text[q] for q in query_ids], compute)
+    q_emb = encode_queries(retriever, [text[q] for q in query_ids], compute.use_bf16())
     started = time.perf_counter()
     hits, scores = search(index, doc_ids, q_emb, config.top_k)
     search_s = time.perf_counter() - started

@@ -9,6 +9,7 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 from jrr_pipeline.assets.common import DEVICE_POOL, dagster_tags, stage_config
 from jrr_pipeline.assets.dense import WARMUP_INDEX
 from jrr_pipeline.ml.settings import Settings
+from jrr_pipeline.ml.text import query_texts
 from jrr_pipeline.resources import ArtifactStore, Compute, DatasetSource, MLflowTracking, Warehouse
 from jrr_pipeline.settings import code_version
 
@@ -35,13 +36,13 @@ def bm25_run(
 
 def dense_run(artifacts: ArtifactStore, dataset: str, retriever_asset: str, index_artifact: str,
               texts: list[str], query_ids: list[str], depth: int, compute: Compute):
-    from jrr_pipeline.assets.dense import encode_queries, load_retriever
     from jrr_pipeline.ml.index import load_index, search
+    from jrr_pipeline.ml.inference import encode_queries, load_retriever
     from jrr_pipeline.ml.sparse import run_from_search
 
-    retriever = load_retriever(artifacts.path(dataset, retriever_asset), compute)
+    retriever = load_retriever(artifacts.path(dataset, retriever_asset), compute.torch_device())
     index, doc_ids = load_index(artifacts.path(dataset, index_artifact))
-    hits, scores = search(index, doc_ids, encode_queries(retriever, texts, compute), depth)
+    hits, scores = search(index, doc_ids, encode_queries(retriever, texts, compute.use_bf16()), depth)
     return run_from_search(query_ids, hits, scores)
 
 
@@ -52,10 +53,10 @@ def rerank_run(artifacts: ArtifactStore, dataset: str, reranker_asset: str, ware
     """Rescore each query's top-``depth`` of ``first_stage`` with the cross-encoder.
 
     Returns (fused run, reranker-only run); see ``jrr_pipeline.ml.fusion``."""
-    from jrr_pipeline.assets.dense import autocast_dtype
     from jrr_pipeline.ml import fusion
-    from jrr_pipeline.ml.index import passage_texts
+    from jrr_pipeline.ml.inference import autocast_dtype
     from jrr_pipeline.ml.modeling import CrossEncoderReranker
+    from jrr_pipeline.ml.text import passage_texts
 
     reranker = CrossEncoderReranker.from_pretrained(str(artifacts.path(dataset, reranker_asset)))
     reranker = reranker.to(compute.torch_device()).eval()
@@ -63,13 +64,11 @@ def rerank_run(artifacts: ArtifactStore, dataset: str, reranker_asset: str, ware
     passages = dict(zip(corpus["doc_id"].to_list(), passage_texts(corpus), strict=True))
     return fusion.rerank_run(reranker, first_stage, texts, passages, depth, fusion_weight,
                              batch_size=batch_size, progress=True,
-                             autocast_dtype=autocast_dtype(compute))
+                             autocast_dtype=autocast_dtype(compute.use_bf16()))
 
 
 def _query_texts(warehouse: Warehouse, query_ids: list[str]) -> list[str]:
-    queries = warehouse.table("queries")
-    lookup = dict(zip(queries["query_id"].to_list(), queries["text"].to_list(), strict=True))
-    return [lookup[q] for q in query_ids]
+    return query_texts(warehouse.table("queries"), query_ids)
 
 
 def build_evaluation_assets(settings: dict[str, Settings]) -> list:

@@ -17,9 +17,10 @@ from jrr_pipeline.assets.common import (
     run_training,
     stage_config,
 )
+from jrr_pipeline.ml.evaluation.metrics import monitor_split
+from jrr_pipeline.ml.io import atomic_directory as swap_dir
 from jrr_pipeline.ml.settings import Settings
 from jrr_pipeline.resources import ArtifactStore, Compute, DatasetSource, MLflowTracking, Warehouse
-from jrr_pipeline.resources.artifacts import swap_dir
 from jrr_pipeline.settings import code_version
 
 GROUP = "joint"
@@ -109,12 +110,6 @@ def _joint(context, settings, warehouse, artifacts, dataset, compute, tracking):
             if "eval_nDCG@10" in info:
                 metadata.setdefault("refresh_eval_nDCG@10", []).append(round(info["eval_nDCG@10"], 4))
         yield MaterializeResult(asset_key=asset_name, metadata=metadata)
-
-
-def monitor_split(qrels) -> str:
-    """AR2 refreshes are evaluated on dev when there is one (monitoring only, no model selection)."""
-    splits = set(qrels["split"].unique().to_list())
-    return "dev" if "dev" in splits else ("test" if "test" in splits else "train")
 
 
 def _log_records(records: list[dict], tags: dict[str, str]) -> None:

@@ -14,7 +14,7 @@ from dagster import (
 )
 
 from jrr_pipeline.assets.common import DEVICE_POOL, stage_config
-from jrr_pipeline.assets.dense import autocast_dtype, load_retriever
+from jrr_pipeline.ml.inference import autocast_dtype, load_retriever
 from jrr_pipeline.ml.settings import Settings
 from jrr_pipeline.resources import ArtifactStore, Compute, DatasetSource, Warehouse
 from jrr_pipeline.settings import code_version
@@ -42,11 +42,11 @@ def build_serving_assets(settings: dict[str, Settings]) -> list:
         name = dataset.dataset_name
         with compute.claim(f"faiss_index ({context.run.run_id[:8]})", on_wait=context.log.warning):
             compute.apply_threads()
-            retriever = load_retriever(artifacts.path(name, "joint_retriever"), compute)
+            retriever = load_retriever(artifacts.path(name, "joint_retriever"), compute.torch_device())
             corpus = warehouse.table("corpus")
             started = time.perf_counter()
             embeddings = encode_corpus(retriever, corpus, batch_size=config.batch_size,
-                                       progress=True, autocast_dtype=autocast_dtype(compute))
+                                       progress=True, autocast_dtype=autocast_dtype(compute.use_bf16()))
             encode_s = time.perf_counter() - started
             index = build_index(embeddings, factory=config.factory,
                                 hnsw_ef_search=config.hnsw_ef_search, nprobe=config.nprobe)

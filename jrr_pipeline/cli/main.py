@@ -141,6 +141,7 @@ def cmd_settings(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from jrr_pipeline.cli.search import Searcher
+    from jrr_pipeline.ml.text import passage_text
     from jrr_pipeline.resources import ArtifactStore, Warehouse
 
     dataset = args.dataset or latest_report(None).parent.name
@@ -159,12 +160,13 @@ def cmd_search(args: argparse.Namespace) -> int:
         parts = ", ".join(f"{k.removesuffix('_ms')} {v:.1f}" for k, v in timings.items())
         print(f"\n{query}  ({parts} ms)")
         for rank, hit in enumerate(hits, start=1):
-            text = " ".join(f"{hit.title} {hit.text}".split())
+            text = " ".join(passage_text(hit.title, hit.text).split())
             print(f"{rank:>3}. {hit.score:8.3f}  {hit.doc_id:<12} {text[:100]}")
     return 0
 
 
 def cmd_candidates(args: argparse.Namespace) -> int:
+    from jrr_pipeline.ml.text import passage_text
     from jrr_pipeline.resources import Warehouse
 
     warehouse = Warehouse()
@@ -182,7 +184,7 @@ def cmd_candidates(args: argparse.Namespace) -> int:
     print(f"query {args.query_id}: {query['text'][0] if query.height else '?'}")
     print(f"{'label':<6} {'ce_score':>8}  {'source':<24} {'doc_id':<12} passage")
     for doc_id, label, source, score, title, text in rows.iter_rows():
-        passage = " ".join(f"{title or ''} {text or ''}".split())
+        passage = " ".join(passage_text(title, text).split())
         if len(passage) > args.width:
             passage = passage[: args.width - 3] + "..."
         kind = "pos" if label == 1 else "neg"

@@ -56,7 +56,7 @@ class Searcher:
 
         from jrr_pipeline.ml.fusion import fuse
         from jrr_pipeline.ml.index import search
-        from jrr_pipeline.ml.training.warmup import passage_text
+        from jrr_pipeline.ml.text import passage_text
 
         timings = {}
         started = time.perf_counter()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from jrr_pipeline.ml.sampling import sample_without_replacement
 from jrr_pipeline.ml.settings import DenoisedCandidatesSettings
 
 CALIBRATIONS = ("relative", "sigmoid", "softmax")
@@ -127,8 +128,6 @@ def denoise_stats(decided: pl.DataFrame) -> dict:
 
 
 def _draw(pool: list[dict], n: int, rng: np.random.Generator, exclude: set[str]) -> list[dict]:
-    pool = [r for r in pool if r["doc_id"] not in exclude]
-    if n <= 0 or not pool:
-        return []
-    picked = rng.choice(len(pool), size=min(n, len(pool)), replace=False)
-    return [pool[i] for i in sorted(picked)]
+    """``n`` rows of ``pool`` whose doc is not in ``exclude``, drawn uniformly, in list order."""
+    return sample_without_replacement([r for r in pool if r["doc_id"] not in exclude], n, rng,
+                                      pool_order=True)

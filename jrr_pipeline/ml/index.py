@@ -16,7 +16,9 @@ import faiss
 import numpy as np
 import polars as pl
 
-from jrr_pipeline.ml.modeling.base import atomic_directory, read_json, write_json
+from jrr_pipeline.ml.io import atomic_directory
+from jrr_pipeline.ml.modeling.base import read_json, write_json
+from jrr_pipeline.ml.text import passage_texts
 
 if TYPE_CHECKING:
     from jrr_pipeline.ml.modeling.retriever import DenseRetriever
@@ -30,16 +32,6 @@ _GPU_MODES = ("auto", "always", "never")
 # FAISS objects cannot carry new attributes, so the factory string of each index we build or
 # load is remembered here for meta.json.
 _FACTORIES: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
-
-
-def passage_texts(corpus: pl.DataFrame) -> list[str]:
-    """ "title text" for each corpus row (a missing or empty title gives just the text)."""
-    missing = {"title", "text"} - set(corpus.columns)
-    if missing:
-        raise ValueError(f"corpus: missing column(s) {sorted(missing)}")
-    titles = corpus.get_column("title").fill_null("").cast(pl.Utf8).to_list()
-    texts = corpus.get_column("text").fill_null("").cast(pl.Utf8).to_list()
-    return [f"{title} {text}".strip() for title, text in zip(titles, texts, strict=True)]
 
 
 def encode_corpus(

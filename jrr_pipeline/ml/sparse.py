@@ -7,10 +7,6 @@ corpus. Ties are broken by corpus order, which makes results reproducible across
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
-import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
@@ -24,7 +20,9 @@ import polars as pl
 import Stemmer
 from tqdm.auto import tqdm
 
+from jrr_pipeline.ml.io import atomic_directory, previous_versions
 from jrr_pipeline.ml.settings import BM25IndexSettings
+from jrr_pipeline.ml.text import passage_texts
 
 CONFIG_FILE = "jrr_bm25.json"
 DOC_IDS_FILE = "doc_ids.json"
@@ -74,23 +72,6 @@ def _write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, ensure_ascii=False), encoding="utf-8")
 
 
-def _swap_in(tmp: Path, target: Path) -> None:
-    """Replace directory `target` by `tmp`; the old one survives until the new one is in place."""
-    if not target.exists():
-        os.rename(tmp, target)
-        return
-    if not target.is_dir():
-        raise NotADirectoryError(f"{target}: exists and is not a directory")
-    old = target.with_name(f"{target.name}.old-{uuid.uuid4().hex[:8]}")
-    os.rename(target, old)
-    try:
-        os.rename(tmp, target)
-    except BaseException:
-        os.rename(old, target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
 class BM25Index:
     """A BM25 index over a corpus, addressed by external doc ids."""
 
@@ -134,10 +115,7 @@ class BM25Index:
 
     def save(self, directory: str | Path) -> None:
         """Write the index to `directory` atomically (temp dir in the same parent, then swap)."""
-        target = Path(directory)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f"{target.name}.tmp-", dir=target.parent))
-        try:
+        with atomic_directory(directory) as tmp:
             self._bm25.save(str(tmp), show_progress=False)
             _write_json(tmp / DOC_IDS_FILE, self.doc_ids)
             # Written last: its presence marks a complete index.
@@ -148,19 +126,14 @@ class BM25Index:
                 "config": self.config.to_dict(),
             }
             _write_json(tmp / CONFIG_FILE, meta)
-            os.chmod(tmp, 0o755)  # mkdtemp creates 0700
-            _swap_in(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
 
     @classmethod
     def load(cls, directory: str | Path) -> BM25Index:
         """Load an index written by `save`; raises FileNotFoundError or BM25IndexError."""
         root = Path(directory)
         if not root.is_dir():
-            # A crash between the two renames of _swap_in leaves only the previous index here.
-            stale = sorted(root.parent.glob(f"{root.name}.old-*"))
+            # A crash between the two renames of a swap leaves only the previous index here.
+            stale = previous_versions(root)
             hint = f" (a previous index survives at {stale[-1]})" if stale else ""
             raise FileNotFoundError(f"{root}: BM25 index directory not found{hint}")
         config_path = root / CONFIG_FILE
@@ -227,13 +200,12 @@ def _read_json(path: Path) -> Any:
 
 
 def corpus_texts(corpus: pl.DataFrame, include_title: bool = True) -> list[str]:
-    """Texts to index: "title text" (title skipped when empty or absent), else "text"."""
+    """Texts to index: the models' passage text ("title text"), or without titles the text as is."""
+    if include_title and "title" in corpus.columns:
+        return passage_texts(corpus)
     if "text" not in corpus.columns:
         raise ValueError("corpus_texts: corpus frame has no 'text' column")
-    text = pl.col("text").fill_null("")
-    if include_title and "title" in corpus.columns:
-        text = pl.concat_str([pl.col("title").fill_null(""), text], separator=" ").str.strip_chars()
-    return corpus.select(text.alias("t"))["t"].to_list()
+    return corpus["text"].fill_null("").to_list()
 
 
 def run_from_search(

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import uuid
+import io
 from pathlib import Path
 
 import polars as pl
 
+from jrr_pipeline.ml.io import atomic_write_bytes
 from jrr_pipeline.resources import Warehouse
 
 COLUMNS = {
@@ -79,12 +79,9 @@ def plot_history(frame: pl.DataFrame, out_png: Path, measure: str = "nDCG@10") -
         ax.legend(loc="best")
         fig.autofmt_xdate()
         fig.tight_layout()
-        tmp = out_png.with_name(f".{out_png.name}.tmp-{uuid.uuid4().hex[:8]}")
-        try:
-            fig.savefig(tmp, format="png", dpi=100)
-            os.replace(tmp, out_png)
-        finally:
-            tmp.unlink(missing_ok=True)
+        png = io.BytesIO()
+        fig.savefig(png, format="png", dpi=100)
+        atomic_write_bytes(out_png, png.getvalue())
     finally:
         plt.close(fig)
     return out_png

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,6 +9,7 @@ from pathlib import Path
 from dagster import ConfigurableResource
 from pydantic import Field
 
+from jrr_pipeline.ml.io import atomic_directory
 from jrr_pipeline.resources.home import jrr_home
 
 
@@ -36,24 +34,5 @@ class ArtifactStore(ConfigurableResource):
 
         On an exception the temporary directory is removed and the previous artifact is untouched.
         """
-        final = self.path(dataset, asset)
-        with swap_dir(final) as tmp:
+        with atomic_directory(self.path(dataset, asset)) as tmp:
             yield tmp
-
-
-@contextmanager
-def swap_dir(final: Path) -> Iterator[Path]:
-    """Write into a sibling temp dir, then swap it in for ``final`` with two renames."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)

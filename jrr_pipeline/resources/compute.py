@@ -28,7 +28,7 @@ class Compute(ConfigurableResource):
     def use_bf16(self) -> bool:
         import torch
 
-        from jrr_pipeline.ml.training.schedule import use_bf16
+        from jrr_pipeline.ml.precision import use_bf16
 
         setting = {"auto": "auto", "bf16": "on", "fp32": "off"}[self.dtype]
         return use_bf16(setting, torch.device(self.torch_device()))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from jrr_pipeline.ml.io import atomic_write_text
+
 MARKER = "# written by jrr-pipeline; delete this line to keep your own edits\n"
 DAGSTER_YAML = MARKER + """\
 telemetry:
@@ -36,9 +38,7 @@ def dagster_home() -> Path:
     wanted = DAGSTER_YAML.format(base=path / "storage")
     current = config.read_text() if config.exists() else None
     if current is None or (current.startswith(MARKER) and current != wanted):
-        tmp = config.with_suffix(".yaml.tmp")
-        tmp.write_text(wanted)
-        os.replace(tmp, config)
+        atomic_write_text(config, wanted)
     return path
 
 

@@ -16,10 +16,10 @@ from jrr_pipeline.ml.index import (
     encode_corpus,
     gpu_available,
     load_index,
-    passage_texts,
     save_index,
     search,
 )
+from jrr_pipeline.ml.text import passage_texts
 
 
 @pytest.fixture(autouse=True)
@@ -215,5 +215,5 @@ def test_encode_corpus_joins_title_and_text(tiny_model_dir: Path) -> None:
     index = build_index(emb, "Flat")
     found, _ = search(index, corpus["doc_id"].to_list(), emb[1:2], k=1)
     assert found == [["d2"]]
-    with pytest.raises(ValueError, match="title"):
-        passage_texts(corpus.drop("title"))
+    assert passage_texts(corpus.drop("title")) == ["reduces fractures", "cells divide",
+                                                   "only text here"]

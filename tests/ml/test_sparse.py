@@ -164,10 +164,10 @@ def test_load_errors_name_the_file(index: BM25Index, tmp_path: Path) -> None:
     (target / sparse.CONFIG_FILE).unlink()
     with pytest.raises(FileNotFoundError, match=sparse.CONFIG_FILE):
         BM25Index.load(target)
-    # a crash between the two renames of a replacing save leaves only <dir>.old-*: say so
+    # a crash between the two renames of a replacing save leaves only .<dir>.old-*: say so
     index.save(target)
-    target.rename(tmp_path / "bm25.old-1a2b3c4d")
-    with pytest.raises(FileNotFoundError, match=r"previous index survives at .*bm25\.old-1a2b3c4d"):
+    target.rename(tmp_path / ".bm25.old-1a2b3c4d")
+    with pytest.raises(FileNotFoundError, match=r"previous index survives at .*\.bm25\.old-1a2b3c4d"):
         BM25Index.load(target)
 
 

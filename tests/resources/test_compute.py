@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from jrr_pipeline.ml.training.schedule import cpu_supports_bf16, use_bf16
+from jrr_pipeline.ml.precision import cpu_supports_bf16, use_bf16
 from jrr_pipeline.resources import Compute
 
 

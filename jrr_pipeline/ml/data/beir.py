@@ -9,14 +9,21 @@ import polars as pl
 
 from .errors import DataFormatError
 from .integrity import FieldNames, RawTables
-from .textio import LINE, SRC, ChunkedColumns, content_lines, normalize_split, require_file
+from .textio import (
+    LINE,
+    SRC,
+    ChunkedColumns,
+    content_lines,
+    normalize_split,
+    require_file,
+    split_rank,
+)
 from .tsv import read_qrels
 
 FIELDS = FieldNames(
     doc_id="_id", query_id="_id", query_text="text",
     qrels_query_id="query-id", qrels_doc_id="corpus-id", relevance="score",
 )
-_SPLIT_ORDER = {"train": 0, "dev": 1, "test": 2}
 _DECODER = json.JSONDecoder()
 
 
@@ -36,7 +43,7 @@ def qrels_files(data_dir: Path) -> list[tuple[Path, str]]:
         found.append((path, split))
     if not found:
         raise DataFormatError(qdir, None, None, "no qrels files (expected train/dev/test.tsv)")
-    return sorted(found, key=lambda item: (_SPLIT_ORDER[item[1]], item[0].name))
+    return sorted(found, key=lambda item: (split_rank(item[1]), item[0].name))
 
 
 def beir_files(data_dir: Path) -> list[Path]:

@@ -15,8 +15,6 @@ import polars as pl
 
 from .errors import DataFormatError
 
-INTERNAL = ("_src", "_line")
-
 
 @dataclass(frozen=True)
 class FieldNames:

@@ -13,14 +13,13 @@ import polars as pl
 
 from .errors import DataFormatError
 from .integrity import FieldNames, RawTables
-from .textio import SRC, normalize_split, require_file
+from .textio import SRC, normalize_split, require_file, split_rank
 from .tsv import read_id_text, read_qrels
 
 FIELDS = FieldNames(
     doc_id="pid", query_id="qid", query_text="text",
     qrels_query_id="qid", qrels_doc_id="pid", relevance="rel",
 )
-_SPLIT_ORDER = {"train": 0, "dev": 1, "test": 2}
 
 
 def _middle(path: Path) -> str | None:
@@ -31,7 +30,7 @@ def _middle(path: Path) -> str | None:
 def _sorted_by_split(paths: list[Path]) -> list[Path]:
     def key(path: Path) -> tuple[int, str]:
         split = normalize_split(_middle(path) or "test")
-        return (_SPLIT_ORDER.get(split or "", 3), path.name)
+        return (split_rank(split), path.name)
 
     return sorted(paths, key=key)
 

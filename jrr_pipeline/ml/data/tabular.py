@@ -14,10 +14,9 @@ import polars as pl
 from .errors import DataFormatError
 from .integrity import FieldNames, RawTables
 from .table_io import Spec, read_table
-from .textio import SRC, normalize_split
+from .textio import SRC, normalize_split, split_rank
 
 SUFFIXES = (".csv", ".parquet")
-_SPLIT_ORDER = {"train": 0, "dev": 1, "test": 2}
 
 
 @dataclass(frozen=True)
@@ -71,7 +70,7 @@ def qrels_files(data_dir: Path) -> list[tuple[Path, str | None]]:
     if not found:
         raise DataFormatError(data_dir / "qrels.csv", None, None, "required file does not exist "
                               "(nor qrels.parquet, nor qrels/<split>.csv or .parquet)")
-    return sorted(found, key=lambda item: (_SPLIT_ORDER[item[1]], item[0].name))
+    return sorted(found, key=lambda item: (split_rank(item[1]), item[0].name))
 
 
 def tabular_files(data_dir: Path) -> list[Path]:

@@ -21,8 +21,14 @@ _PROGRESS_EVERY = 1 << 16  # lines between progress-bar updates (tqdm is slow pe
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 
 SPLIT_ALIASES = {"train": "train", "dev": "dev", "validation": "dev", "val": "dev", "test": "test"}
+SPLIT_ORDER = {"train": 0, "dev": 1, "test": 2}  # the order files of each split are read in
 LINE = pl.UInt32  # dtype of the internal `_line` column
 SRC = pl.UInt16  # dtype of the internal `_src` column (index into the list of files read)
+
+
+def split_rank(split: str | None) -> int:
+    """Position of a normalised split in SPLIT_ORDER; anything else after all of them."""
+    return SPLIT_ORDER.get(split or "", len(SPLIT_ORDER))
 
 
 def require_file(path: Path) -> Path:

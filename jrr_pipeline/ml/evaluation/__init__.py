@@ -4,6 +4,7 @@ from jrr_pipeline.ml.evaluation.metrics import (
     DEFAULT_MEASURES,
     eval_split,
     evaluate,
+    monitor_split,
     per_query,
 )
 from jrr_pipeline.ml.evaluation.report import markdown_table, read_report, write_report
@@ -13,6 +14,7 @@ __all__ = [
     "eval_split",
     "evaluate",
     "markdown_table",
+    "monitor_split",
     "per_query",
     "read_report",
     "write_report",

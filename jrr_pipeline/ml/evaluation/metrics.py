@@ -49,6 +49,13 @@ def eval_split(qrels: pl.DataFrame) -> str:
     raise ValueError(f"qrels have no test or dev split (splits: {sorted(splits)})")
 
 
+def monitor_split(qrels: pl.DataFrame) -> str:
+    """The split to watch training on (AR2 refreshes; monitoring only, no model selection): dev
+    when the qrels have one, else test, else train."""
+    splits = set(qrels["split"].unique().to_list())
+    return "dev" if "dev" in splits else ("test" if "test" in splits else "train")
+
+
 def _qrels_dict(qrels: Qrels, split: str | None) -> dict[str, dict[str, int]]:
     if isinstance(qrels, pl.DataFrame):
         missing = {"query_id", "doc_id", "relevance"} - set(qrels.columns)

@@ -4,34 +4,17 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from jrr_pipeline.ml.evaluation import plots
 from jrr_pipeline.ml.evaluation.metrics import DEFAULT_MEASURES
+from jrr_pipeline.ml.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 JSON_NAME = "evaluation.json"
 MARKDOWN_NAME = "evaluation.md"
 BASE_KEYS = ("dataset", "split", "systems", "mlflow_run_id")
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to a temp file beside `path`, fsync it, then os.replace it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; reports are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _fmt(value: float | None) -> str:
@@ -162,24 +145,24 @@ def write_report(
     outputs: dict[str, Any] = {"plots": []}
 
     bar = out_dir / "measures_bar.png"
-    atomic_write(bar, plots.measures_bar(clean, measures))
+    atomic_write_bytes(bar, plots.measures_bar(clean, measures))
     outputs["plots"].append(bar)
     if recall_curves:
         curve = out_dir / "recall_curve.png"
-        atomic_write(curve, plots.recall_curve(recall_curves))
+        atomic_write_bytes(curve, plots.recall_curve(recall_curves))
         outputs["plots"].append(curve)
     if per_query:
         pq_png = out_dir / "per_query.png"
-        atomic_write(pq_png, plots.per_query_sorted(per_query, per_query_measure))
+        atomic_write_bytes(pq_png, plots.per_query_sorted(per_query, per_query_measure))
         outputs["plots"].append(pq_png)
         pq_json = out_dir / "per_query.json"
         payload = {"measure": per_query_measure, "systems": per_query}
-        atomic_write(pq_json, json.dumps(payload, indent=1, sort_keys=True).encode())
+        atomic_write_json(pq_json, payload, indent=1)
         outputs["per_query"] = pq_json
 
     md = out_dir / MARKDOWN_NAME
     text = _markdown(dataset, split, clean, mlflow_run_id, extra, outputs["plots"])
-    atomic_write(md, text.encode("utf-8"))
+    atomic_write_text(md, text)
     outputs["markdown"] = md
 
     report = {
@@ -190,7 +173,7 @@ def write_report(
         **extra,
     }
     js = out_dir / JSON_NAME
-    atomic_write(js, (json.dumps(report, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+    atomic_write_json(js, report, sort_keys=False, ensure_ascii=False, newline=True)
     outputs["json"] = js
     return outputs
 

@@ -1,15 +1,11 @@
-"""Shared helpers for the models: base-model resolution, atomic folders, JSON files, batching."""
+"""Shared helpers for the models: base-model resolution, JSON files, batching."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
-import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,37 +26,6 @@ def resolve_model_path(name_or_path: str | os.PathLike[str] | None) -> str:
     if name_or_path is None or str(name_or_path).strip().lower() in _DEFAULT_ALIASES:
         return default_base_model()
     return str(name_or_path)
-
-
-@contextlib.contextmanager
-def atomic_directory(directory: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a fresh temp folder next to ``directory``; on success it replaces ``directory``.
-
-    On an exception the temp folder is removed and an existing ``directory`` is left untouched.
-    A POSIX rename cannot replace a non-empty folder, so the old one is first renamed aside and
-    deleted after the swap: a crash in that instant leaves the old copy at ``.<name>.old-*``.
-    """
-    target = Path(directory).absolute()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old: Path | None = None
-    if target.exists():
-        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(target, old)
-    try:
-        os.replace(tmp, target)
-    except BaseException:
-        if old is not None:
-            os.replace(old, target)
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -108,15 +73,6 @@ def length_sorted_order(texts: Sequence[str]) -> list[int]:
     out-of-memory error show up on the first batch.
     """
     return sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-
-
-def autocast_context(
-    device: torch.device, dtype: torch.dtype | None
-) -> contextlib.AbstractContextManager:
-    """``torch.autocast`` for ``dtype`` on ``device``'s type, or a no-op when ``dtype`` is None."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def module_device(module: torch.nn.Module) -> torch.device:

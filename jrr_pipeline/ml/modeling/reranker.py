@@ -26,15 +26,15 @@ from transformers import (
     BatchEncoding,
 )
 
+from jrr_pipeline.ml.io import atomic_directory
 from jrr_pipeline.ml.modeling.base import (
-    atomic_directory,
-    autocast_context,
     enable_checkpointing,
     module_device,
     read_saved_config,
     resolve_model_path,
     write_json,
 )
+from jrr_pipeline.ml.precision import autocast_context
 
 CONFIG_FILE = "jrr_reranker.json"
 FORMAT_VERSION = 1

@@ -20,9 +20,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, BatchEncoding, PreTrainedModel
 
+from jrr_pipeline.ml.io import atomic_directory
 from jrr_pipeline.ml.modeling.base import (
-    atomic_directory,
-    autocast_context,
     enable_checkpointing,
     length_sorted_order,
     module_device,
@@ -31,6 +30,7 @@ from jrr_pipeline.ml.modeling.base import (
     write_json,
 )
 from jrr_pipeline.ml.modeling.pooling import normalize, pool
+from jrr_pipeline.ml.precision import autocast_context
 
 CONFIG_FILE = "jrr_retriever.json"
 QUERY_TOWER_DIR = "query_encoder"

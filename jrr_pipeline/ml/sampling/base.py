@@ -1,11 +1,15 @@
-"""The sampler interface: pick ``n`` negatives for one query from its retrieved candidates."""
+"""The sampler interface (pick ``n`` negatives for one query from its retrieved candidates) and the
+uniform draw without replacement that every sampler, and every other drawing step, shares."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 import numpy as np
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -33,33 +37,26 @@ class Sampler(Protocol):
         ...
 
 
-def sampler_names() -> list[str]:
-    return sorted(_registry())
+def sample_without_replacement(pool: Sequence[T], n: int, rng: np.random.Generator, *,
+                               pool_order: bool = False) -> list[T]:
+    """``min(n, len(pool))`` distinct members of ``pool``, uniformly at random, in the order drawn
+    (``pool_order``: in their order in ``pool``).
+
+    One ``rng.choice(len(pool), size, replace=False)`` call, none when there is nothing to draw:
+    the draws of a seed are part of every caller's reproducible output.
+    """
+    size = min(n, len(pool))
+    if size <= 0:
+        return []
+    picked = rng.choice(len(pool), size=size, replace=False)
+    return [pool[i] for i in (sorted(picked) if pool_order else picked)]
 
 
-def build_sampler(name: str, **options: Any) -> Sampler:
-    """A sampler by name: ``uniform`` (rank window), ``denoised`` or ``simans``."""
-    registry = _registry()
-    if name not in registry:
-        raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(sorted(registry))}")
-    cls = registry[name]
-    try:
-        return cls(**options)
-    except TypeError as err:
-        raise ValueError(f"sampler {name!r}: {err}") from None
-
-
-def _registry() -> dict[str, type]:
-    from jrr_pipeline.ml.sampling.denoised import DenoisedSampler
-    from jrr_pipeline.ml.sampling.simans import SimANSSampler
-    from jrr_pipeline.ml.sampling.uniform import UniformWindowSampler
-
-    return {"uniform": UniformWindowSampler, "denoised": DenoisedSampler, "simans": SimANSSampler}
+def in_rank_order(candidates: Iterable[Candidate]) -> list[Candidate]:
+    """``candidates`` by (rank, doc id): the order samplers return their picks in."""
+    return sorted(candidates, key=lambda c: (c.rank, c.doc_id))
 
 
 def draw_uniform(pool: list[Candidate], n: int, rng: np.random.Generator) -> list[Candidate]:
     """``n`` distinct members of ``pool`` uniformly at random, in rank order."""
-    if n <= 0 or not pool:
-        return []
-    picked = rng.choice(len(pool), size=min(n, len(pool)), replace=False)
-    return sorted((pool[i] for i in picked), key=lambda c: (c.rank, c.doc_id))
+    return in_rank_order(sample_without_replacement(pool, n, rng))

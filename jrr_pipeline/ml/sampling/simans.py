@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from jrr_pipeline.ml.sampling.base import Candidate
+from jrr_pipeline.ml.sampling.base import Candidate, in_rank_order
 
 
 def simans_log_weights(negative_scores: np.ndarray, positive_score: float, a: float,
@@ -49,4 +49,4 @@ class SimANSSampler:
         logp = simans_log_weights(np.array([c.score for c in pool]), positive_score, self.a, self.b)
         keys = logp + rng.gumbel(size=len(pool))  # Gumbel-top-k = sampling without replacement
         picked = np.argsort(-keys, kind="stable")[: min(n, len(pool))]
-        return sorted((pool[i] for i in picked), key=lambda c: (c.rank, c.doc_id))
+        return in_rank_order(pool[i] for i in picked)

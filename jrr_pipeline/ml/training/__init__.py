@@ -7,7 +7,7 @@ from importlib import import_module
 
 _EXPORTS = {
     "TrainState": "checkpoint", "latest_state_path": "checkpoint",
-    "load_training_state": "checkpoint", "replace_dir_atomic": "checkpoint",
+    "load_training_state": "checkpoint",
     "save_training_state": "checkpoint", "TrainConfig": "config",
     "is_main_process": "distributed", "launch_torchrun": "distributed", "world_info": "distributed",
     "TrainingTask": "loop", "TrainResult": "loop", "train": "loop", "lr_multiplier": "schedule",
@@ -17,9 +17,11 @@ _EXPORTS = {
 
 
 def __getattr__(name: str):
+    if name == "replace_dir_atomic":
+        return import_module("jrr_pipeline.ml.io").replace_dir_atomic
     if name in _EXPORTS:
         return getattr(import_module(f"jrr_pipeline.ml.training.{_EXPORTS[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted([*_EXPORTS, "replace_dir_atomic"])

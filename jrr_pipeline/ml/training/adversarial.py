@@ -30,8 +30,9 @@ import numpy as np
 import polars as pl
 import torch.distributed as dist
 
+from jrr_pipeline.ml.io import atomic_write_json, replace_dir_atomic
+from jrr_pipeline.ml.sampling import sample_without_replacement
 from jrr_pipeline.ml.settings import JointSettings
-from jrr_pipeline.ml.training.checkpoint import write_json_atomic
 from jrr_pipeline.ml.training.distributed import is_main_process
 from jrr_pipeline.ml.training.joint import (
     AR2RetrieverTask,
@@ -80,9 +81,9 @@ def refreshed_lists(retriever, data: RefreshData, list_length: int, top_k: int, 
         if len(pool) < list_length - 1:
             short += 1
             continue
-        picks = sorted(rng.choice(len(pool), size=list_length - 1, replace=False))
+        negatives = sample_without_replacement(pool, list_length - 1, rng, pool_order=True)
         positive = data.positives[qid][int(rng.integers(len(data.positives[qid])))]
-        ids = (positive, *(pool[i] for i in picks))
+        ids = (positive, *negatives)
         lists.append(CandidateList(data.query_text[qid], tuple(text_of[d] for d in ids), qid, ids))
     info = {"refresh_encode_s": encode_s, "refresh_lists": float(len(lists)),
             "refresh_short_lists": float(short)}
@@ -105,7 +106,7 @@ def _save_lists(path: Path, lists: Sequence[CandidateList], info: dict[str, floa
     payload = {"info": info, "lists": [{"query_id": x.query_id, "query": x.query,
                                         "doc_ids": list(x.doc_ids), "passages": list(x.passages)}
                                        for x in lists]}
-    write_json_atomic(path, payload)
+    atomic_write_json(path, payload)
 
 
 def _load_lists(path: Path) -> tuple[list[CandidateList], dict[str, float]]:
@@ -139,7 +140,7 @@ def _claim_work_dir(work_dir: Path, settings: JointSettings) -> None:
                              f"(changed: {', '.join(changed)}); its finished phases cannot be "
                              f"resumed: remove the folder or choose another work dir")
     elif is_main_process():
-        write_json_atomic(path, wanted)
+        atomic_write_json(path, wanted)
     _barrier()
 
 
@@ -223,8 +224,6 @@ def train_ar2(retriever, reranker, initial_lists: Sequence[CandidateList], setti
         if on_iteration is not None and is_main_process():
             on_iteration(it, info)
     if is_main_process():
-        from jrr_pipeline.ml.training.checkpoint import replace_dir_atomic
-
         replace_dir_atomic(Path(output_dir),
                            lambda d: save_pair(retriever, reranker, Path(d), serving))
     _barrier()

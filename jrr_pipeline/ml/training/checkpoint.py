@@ -1,4 +1,4 @@
-"""Full training-state checkpoints, written atomically, and atomic directory replacement.
+"""Full training-state checkpoints, written atomically.
 
 Layout of a state directory (only the latest state is kept):
 
@@ -8,9 +8,10 @@ Layout of a state directory (only the latest state is kept):
                            scheduler.pt       LR scheduler state
                            rng.pt             python / numpy / torch (+cuda) RNG states, one per rank
 
-A state is first written to `state_dir/.tmp-...` and renamed to `step-N` only when complete, so a
-crash at any point leaves the previous `step-M` directory untouched and loadable; the newest
-`step-*` directory is the state. Stale temp directories are ignored and removed on the next save.
+A state is first written to a hidden temp directory (`ml.io.atomic_directory`) and renamed to
+`step-N` only when complete, so a crash at any point leaves the previous `step-M` directory
+untouched and loadable; the newest `step-*` directory is the state. Hidden leftovers of a killed
+save are ignored and removed on the next save.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import json
 import os
 import random
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from jrr_pipeline.ml.io import atomic_directory
 
 STATE_FORMAT = 1
 _STEP_PREFIX = "step-"
@@ -106,48 +108,6 @@ def _torch_save(obj: Any, path: Path) -> None:
     _fsync_write(path, lambda handle: torch.save(obj, handle))
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temp file next to `path`, then os.replace it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        _fsync_write(Path(tmp), lambda h: h.write(json.dumps(data, indent=2, sort_keys=True)), "w")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def replace_dir_atomic(target: Path, write: Callable[[Path], None]) -> None:
-    """Build a directory with `write(tmp_path)` (tmp_path does not exist yet) and move it to `target`.
-
-    The new tree is assembled in a hidden sibling and renamed into place, so a crash while writing
-    leaves an existing `target` untouched. Replacing an existing target is two renames (old aside,
-    new in); between them only the hidden `.<name>.old-*` sibling holds the old tree.
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    new = work / "new"
-    try:
-        write(new)
-        if not new.is_dir():
-            raise RuntimeError(f"writer did not create the directory {new}")
-        old = work / "old"
-        if target.exists():
-            os.replace(target, old)
-        try:
-            os.replace(new, target)
-        except BaseException:
-            if old.exists():
-                os.replace(old, target)
-            raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
 def _step_dirs(state_dir: Path) -> list[tuple[int, Path]]:
     found = []
     for child in state_dir.iterdir() if state_dir.is_dir() else []:
@@ -175,11 +135,11 @@ def save_training_state(
     """Atomically write the full training state as `state_dir/step-<step>` and drop older ones."""
     state_dir = Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
-    for stale in state_dir.glob(".tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=state_dir))
+    for stale in (*state_dir.glob(f".{_STEP_PREFIX}*"), *state_dir.glob(".tmp-*")):
+        shutil.rmtree(stale, ignore_errors=True)  # what a killed save left (.tmp-*: older layout)
     final = state_dir / f"{_STEP_PREFIX}{state.step:08d}"
-    try:
+    # the same step may be saved twice (the final save right after a periodic one): swapped in
+    with atomic_directory(final) as tmp:
         (tmp / "modules").mkdir()
         for name, module in modules.items():
             _torch_save(module.state_dict(), tmp / "modules" / f"{name}.pt")
@@ -191,12 +151,6 @@ def save_training_state(
             lambda h: h.write(json.dumps(dataclasses.asdict(state), indent=2, sort_keys=True)),
             "w",
         )
-        if final.exists():  # same step saved twice (e.g. final save right after a periodic one)
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     for step, path in _step_dirs(state_dir):
         if step != state.step:
             shutil.rmtree(path, ignore_errors=True)

@@ -30,6 +30,7 @@ from torch import Tensor
 
 from jrr_pipeline.ml.losses import ListwiseCELoss, ListwiseKLLoss
 from jrr_pipeline.ml.modeling import CrossEncoderReranker, DenseRetriever
+from jrr_pipeline.ml.text import passage_texts, text_by_id
 
 MODES = ("dynamic", "static")
 
@@ -49,12 +50,8 @@ def build_candidate_lists(queries: pl.DataFrame, corpus: pl.DataFrame, candidate
     """One list per query of ``candidates`` (label 1 rows first, then label 0 in table order),
     cut to ``list_length``; queries whose list is shorter are dropped (batched losses need equal
     lengths), as are queries without a positive."""
-    from jrr_pipeline.ml.training.warmup import passage_text
-
-    text = dict(zip(queries["query_id"].to_list(), queries["text"].to_list(), strict=True))
-    titles = corpus["title"].to_list() if "title" in corpus.columns else [""] * corpus.height
-    passages = {d: passage_text(t, x) for d, t, x in
-                zip(corpus["doc_id"].to_list(), titles, corpus["text"].to_list(), strict=True)}
+    text = text_by_id(queries)
+    passages = dict(zip(corpus["doc_id"].to_list(), passage_texts(corpus), strict=True))
     ordered = candidates.with_row_index("row").sort("query_id", "label", "row",
                                                      descending=[False, True, False])
     lists = []

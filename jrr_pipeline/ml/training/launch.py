@@ -159,7 +159,7 @@ def _read_table(path: Path, source: Path | None, name: str) -> pl.DataFrame:
 
 def run(path: Path) -> dict[str, Any]:
     """Train as the run file says; returns the result (also written to ``result_file``)."""
-    from jrr_pipeline.ml.training.checkpoint import write_json_atomic
+    from jrr_pipeline.ml.io import atomic_write_json
     from jrr_pipeline.ml.training.distributed import is_main_process
 
     spec = read_run_file(path)
@@ -171,7 +171,7 @@ def run(path: Path) -> dict[str, Any]:
         from jrr_pipeline.ml.training.warmup import run_warmup as train_stage
     result = train_stage(spec)
     if spec.result_file is not None and is_main_process():
-        write_json_atomic(spec.result_file, json.loads(json.dumps(result, default=str)))
+        atomic_write_json(spec.result_file, json.loads(json.dumps(result, default=str)))
     return result
 
 

@@ -22,18 +22,20 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from jrr_pipeline.ml.io import replace_dir_atomic
+from jrr_pipeline.ml.precision import autocast_context, autocast_dtype, use_bf16
+
 from .checkpoint import (
     TrainState,
     capture_rng_state,
     load_training_state,
-    replace_dir_atomic,
     restore_rng_state,
     save_training_state,
 )
 from .config import TrainConfig
 from .data import batches_per_epoch, check_batch_size, epoch_order, local_batch
 from .distributed import cleanup_distributed, init_distributed, training_device, world_info
-from .schedule import autocast_context, build_optimizer, build_scheduler, use_bf16
+from .schedule import build_optimizer, build_scheduler
 
 
 @runtime_checkable
@@ -150,12 +152,15 @@ def train(
 ) -> TrainResult:
     """Train `task` on `examples`, then save it to `output_dir` atomically (rank 0 only).
 
+    Runs `config.max_steps` optimizer steps, or `config.epochs` epochs when that is 0 or None.
     Resumes from the newest state in `state_dir` when there is one, and saves the full state
     there every `config.checkpoint_every` steps and at the end. Under torchrun (WORLD_SIZE > 1) a
     process group is created if needed (nccl on CUDA, gloo on CPU), the modules are wrapped in DDP
     and each global batch of `config.batch_size` examples is split evenly across ranks.
     The global python/numpy/torch RNGs are reseeded with `config.seed + rank` at the start (seed
     before building the task's models if their initialisation must be reproducible too).
+    `module_lr_multipliers` ({task module: lr factor}) scales the learning rate of a task module's
+    parameters (joint training: the two models have their own rates).
     `stop_after_steps` is a test hook: return (completed=False, nothing saved beyond the periodic
     checkpoints) once that many steps are done in total, as if the process had been killed.
     """
@@ -166,27 +171,89 @@ def train(
     device = training_device()
     created_group = init_distributed(device)
     try:
-        return _train(
-            task, examples, config, Path(output_dir), state_dir, on_log, progress,
-            stop_after_steps, device, module_lr_multipliers or {},
-        )
+        run = _prepare(task, examples, config, device, module_lr_multipliers or {})
+        if state_dir is not None:
+            _resume(run, Path(state_dir))
+        _wrap_for_training(run)
+        return _train(run, Path(output_dir), state_dir, on_log, progress, stop_after_steps)
     finally:
         if created_group:
             cleanup_distributed()
 
 
-def _train(
-    task: TrainingTask,
-    examples: Sequence,
-    config: TrainConfig,
-    output_dir: Path,
-    state_dir: Path | None,
-    on_log: Callable[[int, dict[str, float]], None] | None,
-    progress: bool,
-    stop_after_steps: int | None,
-    device: torch.device,
-    module_lr_multipliers: dict[str, float],
-) -> TrainResult:
+@dataclass
+class _Run:
+    """One `train` call: its task, models, optimizer and where it stands."""
+
+    task: TrainingTask
+    examples: Sequence
+    config: TrainConfig
+    device: torch.device
+    rank: int
+    world: int
+    per_epoch: int
+    state: TrainState
+    modules: dict[str, nn.Module]
+    container: _TaskModule
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    started: float
+    model: nn.Module | None = None  # the container, DDP-wrapped under torchrun
+    bf16: bool = False
+    backward_done: bool = False  # the task runs its own backward (GradCache)
+    resumed_from: int | None = None
+    state_path: Path | None = None
+    final_loss: float | None = None
+    history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    orders: dict[int, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def params(self) -> list[nn.Parameter]:
+        """Every parameter the optimizer steps (what gradient clipping sees)."""
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
+    @property
+    def total(self) -> int:
+        return self.state.total_steps
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def result(self, output_dir: Path, completed: bool) -> TrainResult:
+        return TrainResult(
+            output_dir, completed, self.state.step, self.total, self.state.epoch,
+            self.resumed_from, self.final_loss, time.perf_counter() - self.started, self.bf16,
+            self.world, self.state_path, self.history,
+        )
+
+
+@dataclass
+class _Window:
+    """Sums over the steps since the last logged one."""
+
+    loss: float = 0.0
+    steps: int = 0
+    examples: int = 0
+    task_sums: dict[str, float] = field(default_factory=dict)
+    t0: float = field(default_factory=time.perf_counter)
+
+    def add(self, loss: float, examples: int, task_metrics: dict[str, float]) -> None:
+        self.loss += loss
+        self.steps += 1
+        self.examples += examples
+        for key, value in task_metrics.items():
+            self.task_sums[key] = self.task_sums.get(key, 0.0) + float(value)
+
+    def means(self, grad_norm: float) -> dict[str, float]:
+        local = {"loss": self.loss / self.steps, "grad_norm": grad_norm}
+        local.update({k: v / self.steps for k, v in self.task_sums.items()})
+        return local
+
+
+def _prepare(task: TrainingTask, examples: Sequence, config: TrainConfig, device: torch.device,
+             module_lr_multipliers: dict[str, float]) -> _Run:
+    """Step count, seeds, the task's modules on ``device``, optimizer and schedule."""
     started = time.perf_counter()
     rank, world = world_info()
     check_batch_size(config.batch_size, world)
@@ -212,132 +279,139 @@ def _train(
     optimizer = build_optimizer(container.named_parameters(), config.lr, config.weight_decay,
                                 config.head_lr_multiplier, module_lr_multipliers)
     scheduler = build_scheduler(optimizer, total, config.warmup_ratio)
+    return _Run(task, examples, config, device, rank, world, per_epoch, state, modules, container,
+                optimizer, scheduler, started)
 
-    resumed_from: int | None = None
-    loaded = load_training_state(Path(state_dir)) if state_dir is not None else None
-    if loaded is not None:
-        _check_resume(loaded.state, state, loaded.path)
-        if set(loaded.modules) != set(modules):
-            raise ValueError(
-                f"{loaded.path / 'modules'}: saved modules {sorted(loaded.modules)} do not match "
-                f"the task's modules {sorted(modules)}"
-            )
-        for name, module in modules.items():
-            module.load_state_dict(loaded.modules[name])
-        optimizer.load_state_dict(loaded.optimizer)
-        scheduler.load_state_dict(loaded.scheduler)
-        if len(loaded.rng) == world:
-            restore_rng_state(loaded.rng[rank])
-        else:  # world size changed: exact replay is impossible, stay deterministic anyway
-            seed_everything(config.seed + rank + loaded.state.step)
-        state.step, state.epoch = loaded.state.step, loaded.state.epoch
-        state.batch_in_epoch = loaded.state.batch_in_epoch
-        resumed_from = state.step
 
-    model: nn.Module = container
-    backward_done = bool(getattr(task, "backward_done", False))
-    if backward_done and world > 1:
+def _resume(run: _Run, state_dir: Path) -> None:
+    """Continue from the newest saved state in ``state_dir``, if there is one."""
+    loaded = load_training_state(state_dir)
+    if loaded is None:
+        return
+    _check_resume(loaded.state, run.state, loaded.path)
+    if set(loaded.modules) != set(run.modules):
+        raise ValueError(
+            f"{loaded.path / 'modules'}: saved modules {sorted(loaded.modules)} do not match "
+            f"the task's modules {sorted(run.modules)}"
+        )
+    for name, module in run.modules.items():
+        module.load_state_dict(loaded.modules[name])
+    run.optimizer.load_state_dict(loaded.optimizer)
+    run.scheduler.load_state_dict(loaded.scheduler)
+    if len(loaded.rng) == run.world:
+        restore_rng_state(loaded.rng[run.rank])
+    else:  # world size changed: exact replay is impossible, stay deterministic anyway
+        seed_everything(run.config.seed + run.rank + loaded.state.step)
+    run.state.step, run.state.epoch = loaded.state.step, loaded.state.epoch
+    run.state.batch_in_epoch = loaded.state.batch_in_epoch
+    run.resumed_from = run.state.step
+
+
+def _wrap_for_training(run: _Run) -> None:
+    """DDP under torchrun, train mode, and the bf16 decision."""
+    run.backward_done = bool(getattr(run.task, "backward_done", False))
+    if run.backward_done and run.world > 1:
         raise ValueError("train: a task that runs its own backward (GradCache) cannot run under "
                          "DDP; use a single process or turn gradient caching off")
-    if world > 1:
-        model = nn.parallel.DistributedDataParallel(
-            container,
-            device_ids=[device.index] if device.type == "cuda" else None,
+    run.model = run.container
+    if run.world > 1:
+        run.model = nn.parallel.DistributedDataParallel(
+            run.container,
+            device_ids=[run.device.index] if run.device.type == "cuda" else None,
             find_unused_parameters=True,  # e.g. BERT's pooler is unused by a mean-pooled retriever
         )
-    model.train()
-    bf16 = use_bf16(config.bf16, device)
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    is_main = rank == 0
+    run.model.train()
+    run.bf16 = use_bf16(run.config.bf16, run.device)
 
-    history: list[tuple[int, dict[str, float]]] = []
-    window = {"loss": 0.0, "steps": 0, "examples": 0, "t0": time.perf_counter()}
-    task_sums: dict[str, float] = {}
-    final_loss: float | None = None
-    state_path = None
-    orders: dict[int, np.ndarray] = {}
+
+def _train(
+    run: _Run,
+    output_dir: Path,
+    state_dir: Path | None,
+    on_log: Callable[[int, dict[str, float]], None] | None,
+    progress: bool,
+    stop_after_steps: int | None,
+) -> TrainResult:
+    config, state = run.config, run.state
+    window = _Window()
     bar = tqdm(
-        total=total, initial=state.step, disable=not (progress and is_main),
+        total=run.total, initial=state.step, disable=not (progress and run.is_main),
         desc="train", dynamic_ncols=True,
     )
     try:
-        while state.step < total:
+        while state.step < run.total:
             if stop_after_steps is not None and state.step >= stop_after_steps:
-                bar.close()
-                return TrainResult(
-                    output_dir, False, state.step, total, state.epoch, resumed_from, final_loss,
-                    time.perf_counter() - started, bf16, world, state_path, history,
-                )
-            if state.epoch not in orders:
-                orders = {state.epoch: epoch_order(n, config.seed, state.epoch)}
-            batch = local_batch(
-                examples, orders[state.epoch], state.batch_in_epoch, config.batch_size, rank, world
-            )
-            optimizer.zero_grad(set_to_none=True)
-            with autocast_context(bf16, device):
-                loss, task_metrics = model(batch)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"train: non-finite loss {loss.item()} at step {state.step + 1}"
-                )
-            if not backward_done:
-                loss.backward()
-            grad_norm = (
-                float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
-                if config.max_grad_norm > 0 else math.nan
-            )
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            scheduler.step()
-
-            state.step += 1
-            state.batch_in_epoch += 1
-            if state.batch_in_epoch >= per_epoch:
-                state.epoch += 1
-                state.batch_in_epoch = 0
-            window["loss"] += float(loss.detach())
-            window["steps"] += 1
-            window["examples"] += len(batch) * world
-            for key, value in task_metrics.items():
-                task_sums[key] = task_sums.get(key, 0.0) + float(value)
+                return run.result(output_dir, completed=False)
+            grad_norm, lr = _step(run, window)
             bar.update(1)
-
-            if state.step % config.log_every == 0 or state.step == total:
-                steps = window["steps"]
-                local = {"loss": window["loss"] / steps, "grad_norm": grad_norm}
-                local.update({k: v / steps for k, v in task_sums.items()})
-                metrics = _reduce_mean(local, device, world)
-                elapsed = max(time.perf_counter() - window["t0"], 1e-9)
-                metrics.update({
-                    "lr": lr, "examples_per_s": window["examples"] / elapsed,
-                    "epoch": state.step / per_epoch, "peak_rss_gb": peak_rss_gb(),
-                })
-                final_loss = metrics["loss"]
-                if is_main:
-                    history.append((state.step, metrics))
-                    bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{lr:.2e}")
-                    if on_log is not None:
-                        on_log(state.step, metrics)
-                window = {"loss": 0.0, "steps": 0, "examples": 0, "t0": time.perf_counter()}
-                task_sums = {}
-
+            if state.step % config.log_every == 0 or state.step == run.total:
+                _log(run, window, grad_norm, lr, bar, on_log)
+                window = _Window()
             if state_dir is not None and (
-                state.step % config.checkpoint_every == 0 or state.step == total
+                state.step % config.checkpoint_every == 0 or state.step == run.total
             ):
-                state_path = _checkpoint(
-                    Path(state_dir), state, modules, optimizer, scheduler, world, is_main
+                run.state_path = _checkpoint(
+                    Path(state_dir), state, run.modules, run.optimizer, run.scheduler, run.world,
+                    run.is_main,
                 )
     finally:
         bar.close()
 
-    if is_main:
-        replace_dir_atomic(output_dir, task.save)
-    if world > 1:
+    if run.is_main:
+        replace_dir_atomic(output_dir, run.task.save)
+    if run.world > 1:
         dist.barrier()
-    return TrainResult(
-        output_dir, True, state.step, total, state.epoch, resumed_from, final_loss,
-        time.perf_counter() - started, bf16, world, state_path, history,
+    return run.result(output_dir, completed=True)
+
+
+def _step(run: _Run, window: _Window) -> tuple[float, float]:
+    """One optimizer step on the next batch; returns (grad norm before clipping, lr used)."""
+    config, state = run.config, run.state
+    if state.epoch not in run.orders:
+        run.orders = {state.epoch: epoch_order(len(run.examples), config.seed, state.epoch)}
+    batch = local_batch(
+        run.examples, run.orders[state.epoch], state.batch_in_epoch, config.batch_size, run.rank,
+        run.world,
     )
+    run.optimizer.zero_grad(set_to_none=True)
+    with autocast_context(run.device, autocast_dtype(run.bf16)):
+        loss, task_metrics = run.model(batch)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"train: non-finite loss {loss.item()} at step {state.step + 1}")
+    if not run.backward_done:
+        loss.backward()
+    grad_norm = (
+        float(torch.nn.utils.clip_grad_norm_(run.params, config.max_grad_norm))
+        if config.max_grad_norm > 0 else math.nan
+    )
+    lr = run.optimizer.param_groups[0]["lr"]
+    run.optimizer.step()
+    run.scheduler.step()
+
+    state.step += 1
+    state.batch_in_epoch += 1
+    if state.batch_in_epoch >= run.per_epoch:
+        state.epoch += 1
+        state.batch_in_epoch = 0
+    window.add(float(loss.detach()), len(batch) * run.world, task_metrics)
+    return grad_norm, lr
+
+
+def _log(run: _Run, window: _Window, grad_norm: float, lr: float, bar,
+         on_log: Callable[[int, dict[str, float]], None] | None) -> None:
+    """Metrics of the window (averaged over ranks) into the history, the bar and ``on_log``."""
+    metrics = _reduce_mean(window.means(grad_norm), run.device, run.world)
+    elapsed = max(time.perf_counter() - window.t0, 1e-9)
+    metrics.update({
+        "lr": lr, "examples_per_s": window.examples / elapsed,
+        "epoch": run.state.step / run.per_epoch, "peak_rss_gb": peak_rss_gb(),
+    })
+    run.final_loss = metrics["loss"]
+    if run.is_main:
+        run.history.append((run.state.step, metrics))
+        bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{lr:.2e}")
+        if on_log is not None:
+            on_log(run.state.step, metrics)
 
 
 def peak_rss_gb() -> float:

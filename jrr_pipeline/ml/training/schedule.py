@@ -1,12 +1,9 @@
-"""Optimizer, learning-rate schedule and bf16-autocast decision for the training loop."""
+"""Optimizer and learning-rate schedule for the training loop."""
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Iterable
-from functools import lru_cache
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -103,36 +100,3 @@ def build_optimizer(
 
 def _is_head(name: str) -> bool:
     return any(name.startswith(p) or f".{p}" in name for p in HEAD_PREFIXES)
-
-
-@lru_cache(maxsize=1)
-def cpu_supports_bf16() -> bool:
-    """True when /proc/cpuinfo advertises AMX-BF16 or AVX512-BF16 (fast bf16 matmuls)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    flags: set[str] = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.split(":", 1)[1].split())
-            break
-    return bool({"amx_bf16", "avx512_bf16"} & flags)
-
-
-def use_bf16(setting: str, device: torch.device) -> bool:
-    """Resolve TrainConfig.bf16 ("auto" | "on" | "off") for `device`."""
-    if setting == "off":
-        return False
-    if setting == "on":
-        return True
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and cpu_supports_bf16()
-
-
-def autocast_context(enabled: bool, device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on `device` when enabled, else a no-op context."""
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)

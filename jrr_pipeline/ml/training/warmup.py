@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +15,8 @@ from torch import Tensor
 
 from jrr_pipeline.ml.losses import InfoNCELoss, ListwiseCELoss
 from jrr_pipeline.ml.modeling import CrossEncoderReranker, DenseRetriever
+from jrr_pipeline.ml.sampling import Candidate, build_sampler, sample_without_replacement
+from jrr_pipeline.ml.text import passage_texts, text_by_id
 
 
 @dataclass
@@ -24,11 +26,6 @@ class RetrievalExample:
     query: str
     positive: str
     negatives: list[str] = field(default_factory=list)
-
-
-def passage_text(title: str | None, text: str) -> str:
-    """The "title text" form every model sees for a corpus document."""
-    return f"{title or ''} {text}".strip()
 
 
 def _negative_count(batch: Sequence[RetrievalExample]) -> int:
@@ -168,8 +165,7 @@ def build_retrieval_examples(
     """
     if n_negatives < 0:
         raise ValueError(f"n_negatives must be >= 0, got {n_negatives}")
-    lo, hi = rank_window
-    if lo > hi:
+    if rank_window[0] > rank_window[1]:
         raise ValueError(f"rank_window {rank_window}: start is after end")
     _require_columns(queries, "queries", ("query_id", "text"))
     _require_columns(corpus, "corpus", ("doc_id", "text"))
@@ -177,13 +173,46 @@ def build_retrieval_examples(
     _require_columns(
         negatives, "negatives", ("query_id", "doc_id", "rank") + (("source",) if source else ())
     )
-
-    query_text = dict(zip(queries["query_id"].to_list(), queries["text"].to_list(), strict=True))
-    titles = corpus["title"].to_list() if "title" in corpus.columns else [""] * corpus.height
+    query_text = text_by_id(queries)
     doc_ids = corpus["doc_id"].to_list()
     doc_index = {doc_id: i for i, doc_id in enumerate(doc_ids)}
-    texts = [passage_text(t, x) for t, x in zip(titles, corpus["text"].to_list(), strict=True)]
+    texts = passage_texts(corpus)
+    positives_of, pairs = _labelled_pairs(qrels, split, query_text, doc_index)
+    window = _window_negatives(negatives, rank_window, source, [q for q, _ in pairs], doc_ids)
+    pools, positive_score = _candidate_pools(window, positives_of)
+    pick = _negative_picker(sampler)
 
+    rng = np.random.default_rng(seed)
+    examples: list[RetrievalExample] = []
+    for qid, pos in pairs:
+        chosen = pick(pools.get(qid, []), n_negatives, rng, positive_score.get(qid))
+        if len(chosen) < n_negatives:
+            chosen += _random_docs(
+                rng, doc_ids, n_negatives - len(chosen), positives_of[qid] | set(chosen), qid
+            )
+        examples.append(RetrievalExample(query=query_text[qid], positive=texts[doc_index[pos]],
+                                         negatives=[texts[doc_index[d]] for d in chosen]))
+    return examples
+
+
+Picker = Callable[[list[Candidate], int, np.random.Generator, float | None], list[str]]
+
+
+def _negative_picker(sampler_spec: dict | None) -> Picker:
+    """(pool, n, rng, positive score) -> doc ids: a uniform draw, or the named sampler's."""
+    if sampler_spec is None:
+        return lambda pool, n, rng, _positive: [
+            c.doc_id for c in sample_without_replacement(pool, n, rng)]
+    spec = dict(sampler_spec)
+    sampler = build_sampler(spec.pop("name", "uniform"), **spec)
+    return lambda pool, n, rng, positive: [
+        c.doc_id for c in sampler.sample(pool, n, rng, positive)] if pool else []
+
+
+def _labelled_pairs(qrels: pl.DataFrame, split: str, query_text: dict[str, str],
+                    doc_index: dict[str, int]) -> tuple[dict[str, set[str]], list[tuple[str, str]]]:
+    """Every query's positives (any split) and the sorted (query, positive) pairs of ``split``;
+    an unknown query or doc id among the positives is an error naming its qrels row."""
     relevant = qrels.with_row_index("row").filter(pl.col("relevance") > 0)
     for table, column, known in (("qrels", "query_id", query_text), ("qrels", "doc_id", doc_index)):
         bad = relevant.filter(~pl.col(column).is_in(list(known)))
@@ -199,78 +228,50 @@ def build_retrieval_examples(
         relevant.filter(pl.col("split") == split)
         .select("query_id", "doc_id").unique().sort("query_id", "doc_id").rows()
     )
+    return positives_of, pairs
 
-    neg = negatives.filter(pl.col("rank").is_between(lo, hi))
+
+def _window_negatives(negatives: pl.DataFrame, rank_window: tuple[int, int], source: str | None,
+                      query_ids: list[str], doc_ids: list[str]) -> pl.DataFrame:
+    """The rows of ``negatives`` in the rank window (and source) of the given queries."""
+    neg = negatives.filter(pl.col("rank").is_between(*rank_window))
     if source is not None:
         neg = neg.filter(pl.col("source") == source)
-    neg = neg.filter(pl.col("query_id").is_in([q for q, _ in pairs]))
+    neg = neg.filter(pl.col("query_id").is_in(query_ids))
     unknown = neg.filter(~pl.col("doc_id").is_in(doc_ids))
     if unknown.height:
         raise ValueError(
             f"table 'negatives': field 'doc_id': unknown id {unknown['doc_id'][0]!r} "
             f"(query {unknown['query_id'][0]!r})"
         )
-    if sampler is not None:
-        return _sampled_examples(pairs, neg, positives_of, query_text, texts, doc_index, doc_ids,
-                                 n_negatives, seed, sampler)
-    neg = neg.group_by("query_id", "doc_id").agg(pl.col("rank").min()).sort("query_id", "rank")
-    pools: dict[str, list[str]] = {}
-    for qid, did, _rank in neg.iter_rows():
-        if did not in positives_of.get(qid, ()):
-            pools.setdefault(qid, []).append(did)
-
-    rng = np.random.default_rng(seed)
-    examples: list[RetrievalExample] = []
-    for qid, pos in pairs:
-        pool = pools.get(qid, [])
-        take = min(n_negatives, len(pool))
-        chosen = [pool[i] for i in rng.choice(len(pool), size=take, replace=False)] if take else []
-        if len(chosen) < n_negatives:
-            chosen += _random_docs(
-                rng, doc_ids, n_negatives - len(chosen), positives_of[qid] | set(chosen), qid
-            )
-        examples.append(
-            RetrievalExample(
-                query=query_text[qid],
-                positive=texts[doc_index[pos]],
-                negatives=[texts[doc_index[d]] for d in chosen],
-            )
-        )
-    return examples
+    return neg
 
 
-def _sampled_examples(pairs, neg, positives_of, query_text, texts, doc_index, doc_ids, n_negatives,
-                      seed, sampler_spec: dict) -> list[RetrievalExample]:
-    from jrr_pipeline.ml.sampling import Candidate, build_sampler
+def _candidate_pools(neg: pl.DataFrame, positives_of: dict[str, set[str]]
+                     ) -> tuple[dict[str, list[Candidate]], dict[str, float]]:
+    """Per query, its negative rows as candidates in rank order (best rank of a doc found several
+    times; labelled positives left out), and the positive's score where the rows carry one."""
+    optional = [c for c in ("score", "ce_prob", "positive_score") if c in neg.columns]
+    grouped = (
+        neg.group_by("query_id", "doc_id")
+        .agg(pl.col("rank").min(), *(pl.col(c).max() for c in optional))
+        .sort("query_id", "rank", "doc_id")
+    )
 
-    spec = dict(sampler_spec)
-    sampler = build_sampler(spec.pop("name", "uniform"), **spec)
-    aggs = [pl.col("rank").min()]
-    for column in ("score", "ce_prob", "positive_score"):
-        if column in neg.columns:
-            aggs.append(pl.col(column).max())
-    neg = neg.group_by("query_id", "doc_id").agg(aggs).sort("query_id", "rank", "doc_id")
+    def column(name: str) -> list:
+        return grouped[name].to_list() if name in grouped.columns else [None] * grouped.height
+
     pools: dict[str, list[Candidate]] = {}
     positive_score: dict[str, float] = {}
-    for row in neg.iter_rows(named=True):
-        qid, did = row["query_id"], row["doc_id"]
-        if row.get("positive_score") is not None:
-            positive_score[qid] = float(row["positive_score"])
+    for qid, did, rank, score, ce_prob, pos_score in zip(
+            *(column(c) for c in ("query_id", "doc_id", "rank", "score", "ce_prob",
+                                  "positive_score")), strict=True):
+        if pos_score is not None:
+            positive_score[qid] = float(pos_score)
         if did not in positives_of.get(qid, ()):
-            pools.setdefault(qid, []).append(Candidate(
-                did, int(row["rank"]), float(row.get("score") or 0.0), "", row.get("ce_prob")))
-    rng = np.random.default_rng(seed)
-    examples = []
-    for qid, pos in pairs:
-        pool = pools.get(qid, [])
-        chosen = [c.doc_id for c in sampler.sample(pool, n_negatives, rng, positive_score.get(qid))
-                  ] if pool else []
-        if len(chosen) < n_negatives:
-            chosen += _random_docs(
-                rng, doc_ids, n_negatives - len(chosen), positives_of[qid] | set(chosen), qid)
-        examples.append(RetrievalExample(query=query_text[qid], positive=texts[doc_index[pos]],
-                                         negatives=[texts[doc_index[d]] for d in chosen]))
-    return examples
+            pools.setdefault(qid, []).append(Candidate(did, int(rank), float(score or 0.0), "",
+                                                       ce_prob))
+    return pools, positive_score
 
 
 def _random_docs(

@@ -8,7 +8,13 @@ import numpy as np
 import polars as pl
 import pytest
 
-from jrr_pipeline.ml.evaluation import DEFAULT_MEASURES, eval_split, evaluate, per_query
+from jrr_pipeline.ml.evaluation import (
+    DEFAULT_MEASURES,
+    eval_split,
+    evaluate,
+    monitor_split,
+    per_query,
+)
 from jrr_pipeline.ml.sparse import BM25Index, run_from_search
 
 QRELS = pl.DataFrame(
@@ -75,6 +81,13 @@ def test_per_query_includes_unanswered_queries() -> None:
     assert got["q3"] == 0.0
     empty_run = per_query({}, QRELS, "RR@10", split="test")
     assert empty_run == {"q1": 0.0, "q2": 0.0, "q3": 0.0}
+
+
+def test_monitor_split_prefers_dev_then_test_then_train() -> None:
+    splits = lambda *names: pl.DataFrame({"split": list(names)})  # noqa: E731
+    assert monitor_split(splits("train", "test", "dev")) == "dev"
+    assert monitor_split(splits("train", "test")) == "test"
+    assert monitor_split(splits("train")) == "train"
 
 
 def test_eval_split_and_errors() -> None:

@@ -9,11 +9,15 @@ import numpy as np
 import pytest
 
 from jrr_pipeline.ml.sampling import (
+    SAMPLERS,
     Candidate,
     DenoisedSampler,
     SimANSSampler,
     UniformWindowSampler,
     build_sampler,
+    draw_uniform,
+    in_rank_order,
+    sample_without_replacement,
     sampler_names,
     simans_log_weights,
 )
@@ -92,3 +96,56 @@ def test_same_seed_same_draws():
     draw = lambda seed: [c.doc_id for c in SimANSSampler(a=1.0).sample(  # noqa: E731
         pool, 5, np.random.default_rng(seed), 1.5)]
     assert draw(7) == draw(7) and draw(7) != draw(8)
+
+
+class CountingRng:
+    """Records the calls a caller makes on a numpy Generator (and forwards them)."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.calls: list[tuple] = []
+
+    def choice(self, *args, **kwargs):
+        self.calls.append(("choice", args, tuple(sorted(kwargs.items()))))
+        return self.rng.choice(*args, **kwargs)
+
+
+def test_sample_without_replacement_is_one_choice_call_in_draw_or_pool_order():
+    pool = [f"p{i}" for i in range(10)]
+    reference = np.random.default_rng(3).choice(10, size=4, replace=False)
+    rng = CountingRng(3)
+    drawn = sample_without_replacement(pool, 4, rng)
+    assert drawn == [pool[i] for i in reference]  # draw order, as warm-up negatives always were
+    assert rng.calls == [("choice", (10,), (("replace", False), ("size", 4)))]
+    assert sample_without_replacement(pool, 4, np.random.default_rng(3), pool_order=True) == [
+        pool[i] for i in sorted(reference)]  # pool order, as denoising and AR2 refreshes were
+    assert sorted(sample_without_replacement(pool, 99, np.random.default_rng(0))) == sorted(pool)
+
+
+def test_nothing_to_draw_makes_no_rng_call():
+    rng = CountingRng(0)
+    assert sample_without_replacement([], 3, rng) == []
+    assert sample_without_replacement(["a"], 0, rng) == []
+    assert draw_uniform([], 2, rng) == [] and rng.calls == []
+
+
+def test_draw_uniform_returns_picks_in_rank_order():
+    pool = list(reversed(cands([0.0] * 8)))  # a pool that is not in rank order
+    picked = draw_uniform(pool, 3, np.random.default_rng(5))
+    assert picked == in_rank_order(picked) and len({c.doc_id for c in picked}) == 3
+    reference = np.random.default_rng(5).choice(8, size=3, replace=False)
+    assert {c.doc_id for c in picked} == {pool[i].doc_id for i in reference}
+
+
+def test_sampler_base_module_imports_no_sampler():
+    """The registry sits in the package __init__: base.py must not import its implementations
+    (the former import circle base -> uniform/denoised/simans -> base)."""
+    import ast
+    import inspect
+
+    from jrr_pipeline.ml.sampling import base
+
+    imported = [node.module for node in ast.walk(ast.parse(inspect.getsource(base)))
+                if isinstance(node, ast.ImportFrom) and node.module]
+    assert not [m for m in imported if m.startswith("jrr_pipeline")]
+    assert set(SAMPLERS) == set(sampler_names())

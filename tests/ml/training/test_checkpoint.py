@@ -14,7 +14,6 @@ from jrr_pipeline.ml.training.checkpoint import (
     capture_rng_state,
     latest_state_path,
     load_training_state,
-    replace_dir_atomic,
     restore_rng_state,
     save_training_state,
 )
@@ -91,11 +90,16 @@ def test_crash_during_save_keeps_previous_state(tmp_path, monkeypatch) -> None:
 def test_leftover_temp_dir_is_ignored(tmp_path) -> None:
     model, opt, sched = _parts()
     _save(tmp_path, 3, model, opt, sched)
-    (tmp_path / ".tmp-killed").mkdir()  # what a SIGKILL mid-save leaves behind
-    (tmp_path / ".tmp-killed" / "optimizer.pt").write_bytes(b"junk")
+    killed = tmp_path / ".step-00000006.tmp-killed"  # what a SIGKILL mid-save leaves behind
+    older = tmp_path / ".tmp-killed"  # the same, from before saves went through ml.io
+    for leftover in (killed, older):
+        leftover.mkdir()
+        (leftover / "optimizer.pt").write_bytes(b"junk")
     assert load_training_state(tmp_path).state.step == 3
     _save(tmp_path, 6, model, opt, sched)
-    assert not (tmp_path / ".tmp-killed").exists()
+    assert not killed.exists() and not older.exists()
+    _save(tmp_path, 6, model, opt, sched)  # the same step again (final save after a periodic one)
+    assert [p.name for p in tmp_path.iterdir()] == ["step-00000006"]
 
 
 def test_corrupt_file_error_names_it(tmp_path) -> None:
@@ -119,25 +123,3 @@ def test_rng_roundtrip() -> None:
     assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == first
 
 
-def test_replace_dir_atomic(tmp_path) -> None:
-    target = tmp_path / "model"
-
-    def good(content: str):
-        def write(path):
-            path.mkdir()
-            (path / "w.txt").write_text(content)
-        return write
-
-    replace_dir_atomic(target, good("v1"))
-    replace_dir_atomic(target, good("v2"))
-    assert (target / "w.txt").read_text() == "v2"
-
-    def broken(path):
-        path.mkdir()
-        (path / "w.txt").write_text("partial")
-        raise OSError("disk full")
-
-    with pytest.raises(OSError, match="disk full"):
-        replace_dir_atomic(target, broken)
-    assert (target / "w.txt").read_text() == "v2"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]

@@ -5,13 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from jrr_pipeline.ml.precision import autocast_context, autocast_dtype, cpu_supports_bf16, use_bf16
 from jrr_pipeline.ml.training import TrainConfig, lr_multiplier, train
 from jrr_pipeline.ml.training.schedule import (
     build_optimizer,
     build_scheduler,
-    cpu_supports_bf16,
     parameter_groups,
-    use_bf16,
     warmup_steps_for,
 )
 
@@ -77,6 +76,16 @@ def test_bf16_setting() -> None:
     assert use_bf16("off", cpu) is False
     assert use_bf16("on", cpu) is True
     assert use_bf16("auto", cpu) is cpu_supports_bf16()
+
+
+def test_autocast_context_runs_bf16_only_when_given_the_dtype() -> None:
+    cpu = torch.device("cpu")
+    a, b = torch.randn(4, 4), torch.randn(4, 4)
+    assert autocast_dtype(True) is torch.bfloat16 and autocast_dtype(False) is None
+    with autocast_context(cpu, autocast_dtype(True)):
+        assert (a @ b).dtype == torch.bfloat16
+    with autocast_context(cpu, autocast_dtype(False)):
+        assert (a @ b).dtype == torch.float32
 
 
 def test_new_head_gets_its_own_learning_rate():
