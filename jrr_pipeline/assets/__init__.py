@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from jrr_pipeline.assets.candidates import CANDIDATES_CHECKS, build_candidates_assets
 from jrr_pipeline.assets.data import DATA_CHECKS, build_data_assets, dataset_files
-from jrr_pipeline.assets.dense import build_dense_assets
 from jrr_pipeline.assets.evaluation import build_evaluation_assets
 from jrr_pipeline.assets.joint import build_joint_assets
-from jrr_pipeline.assets.negatives import NEGATIVES_CHECKS, build_negatives_assets
+from jrr_pipeline.assets.negatives import (
+    NEGATIVES_CHECKS,
+    build_dense_assets,
+    build_negatives_assets,
+)
 from jrr_pipeline.assets.serving import SERVING_CHECKS, build_serving_assets
 from jrr_pipeline.assets.warmup import build_warmup_assets
 from jrr_pipeline.ml.settings import Settings

@@ -2,12 +2,13 @@
 
 
 import time
+from dataclasses import dataclass
 
 import polars as pl
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from jrr_pipeline.assets.common import DEVICE_POOL, dagster_tags, stage_config
-from jrr_pipeline.assets.dense import WARMUP_INDEX
+from jrr_pipeline.assets.negatives import WARMUP_INDEX
 from jrr_pipeline.ml.settings import Settings
 from jrr_pipeline.ml.text import query_texts
 from jrr_pipeline.resources import ArtifactStore, Compute, DatasetSource, MLflowTracking, Warehouse
@@ -71,6 +72,79 @@ def _query_texts(warehouse: Warehouse, query_ids: list[str]) -> list[str]:
     return query_texts(warehouse.table("queries"), query_ids)
 
 
+@dataclass(frozen=True)
+class System:
+    """A row of the report: a first-stage retriever (with its index) or a reranked one."""
+
+    name: str
+    needs: tuple[str, ...]  # artifacts that must exist
+    retriever: str = ""  # dense: the retriever asset; "" for bm25
+    index: str = ""
+    reranker: str = ""  # reranked: the reranker asset over the first stage `name` minus "+reranker"
+
+    @property
+    def first_stage(self) -> str:
+        return self.name.removesuffix("+reranker")
+
+
+SYSTEMS = (
+    System("bm25", ("bm25_index",)),
+    System("warmup_retriever", ("warmup_retriever", WARMUP_INDEX), "warmup_retriever", WARMUP_INDEX),
+    System("warmup_retriever+reranker", ("warmup_reranker",), reranker="warmup_reranker"),
+    System("joint_retriever", ("joint_retriever", "faiss_index"), "joint_retriever", "faiss_index"),
+    System("joint_retriever+reranker", ("joint_reranker",), reranker="joint_reranker"),
+)
+
+
+def system_runs(context, settings, warehouse: Warehouse, artifacts: ArtifactStore, dataset: str,
+                query_ids: list[str], compute: Compute) -> tuple[dict, dict[str, float]]:
+    """Every system's run over ``query_ids`` ({system: {qid: {doc: score}}}; a reranked system
+    also gives ``<system>_ce_only``, the reranker alone) and the seconds each took. A system
+    whose artifacts do not exist yet is skipped with a warning."""
+    texts = _query_texts(warehouse, query_ids)
+    runs: dict[str, dict[str, dict[str, float]]] = {}
+    timings: dict[str, float] = {}
+    for system in SYSTEMS:
+        missing = [a for a in system.needs if not artifacts.path(dataset, a).exists()]
+        if missing or (system.reranker and system.first_stage not in runs):
+            context.log.warning(f"{system.name}: skipped, no artifact {missing} yet")
+            continue
+        started = time.perf_counter()
+        if system.reranker:
+            fused, alone = rerank_run(artifacts, dataset, system.reranker, warehouse,
+                                      runs[system.first_stage], dict(zip(query_ids, texts,
+                                                                         strict=True)),
+                                      settings.rerank_depth, settings.rerank_batch_size, compute,
+                                      settings.rerank_fusion_weight)
+            runs.update({system.name: fused, f"{system.name}_ce_only": alone})
+        elif system.retriever:
+            runs[system.name] = dense_run(artifacts, dataset, system.retriever, system.index,
+                                          texts, query_ids, settings.depth, compute)
+        else:
+            runs[system.name] = bm25_run(warehouse, artifacts, dataset, query_ids,
+                                         settings.depth, settings.bm25_threads)
+        timings[system.name] = time.perf_counter() - started
+        context.log.info(f"{system.name}: {len(query_ids)} queries in "
+                         f"{timings[system.name]:.1f}s")
+    return runs, timings
+
+
+def score_runs(runs: dict, qrels: pl.DataFrame, split: str) -> tuple[dict, dict, dict]:
+    """(measures per system, recall@k curve per system, per-query nDCG@10 per system)."""
+    from jrr_pipeline.ml.evaluation import DEFAULT_MEASURES, evaluate, per_query
+
+    systems = {name: evaluate(run, qrels, DEFAULT_MEASURES, split=split)
+               for name, run in runs.items()}
+    curve_measures = [f"R@{k}" for k in RECALL_CURVE_KS]
+    curves = {name: dict(zip(RECALL_CURVE_KS,
+                             evaluate(run, qrels, curve_measures, split=split).values(),
+                             strict=True))
+              for name, run in runs.items()}
+    per_query_ndcg = {name: per_query(run, qrels, "nDCG@10", split=split)
+                      for name, run in runs.items()}
+    return systems, curves, per_query_ndcg
+
+
 def build_evaluation_assets(settings: dict[str, Settings]) -> list:
     EvalConfig = stage_config(settings["evaluation_report"])
 
@@ -82,123 +156,73 @@ def build_evaluation_assets(settings: dict[str, Settings]) -> list:
               "joint_retriever", "joint_reranker", "queries", "qrels"],
         code_version=code_version(
             settings["evaluation_report"], __name__, "jrr_pipeline.ml.evaluation.metrics",
-            "jrr_pipeline.ml.evaluation.report", "jrr_pipeline.ml.index",
+            "jrr_pipeline.ml.evaluation.report", "jrr_pipeline.ml.index", "jrr_pipeline.ml.fusion",
         ),
-        description="nDCG@10, RR@10, R@k, MAP of every system (ir-measures) -> JSON, markdown, plots, MLflow",
+        description="nDCG@10, RR@10, R@k, MAP of every system (ir-measures) -> JSON, markdown, "
+                    "plots, MLflow",
     )
-    def evaluation_report(
-        context: AssetExecutionContext,
-        config: EvalConfig,
-        warehouse: Warehouse,
-        artifacts: ArtifactStore,
-        dataset: DatasetSource,
-        mlflow_tracking: MLflowTracking,
-        compute: Compute,
-    ) -> MaterializeResult:
-        from jrr_pipeline.ml.evaluation import (
-            DEFAULT_MEASURES,
-            eval_split,
-            evaluate,
-            markdown_table,
-            per_query,
-            write_report,
-        )
+    def evaluation_report(context: AssetExecutionContext, config: EvalConfig,
+                          warehouse: Warehouse, artifacts: ArtifactStore, dataset: DatasetSource,
+                          mlflow_tracking: MLflowTracking, compute: Compute) -> MaterializeResult:
+        from jrr_pipeline.ml.evaluation import eval_split, markdown_table
 
+        settings = config.settings()
         name = dataset.dataset_name
         qrels = warehouse.table("qrels")
         split = eval_split(qrels)
         query_ids = sorted(qrels.filter(pl.col("split") == split)["query_id"].unique().to_list())
-        runs: dict[str, dict[str, dict[str, float]]] = {}
-        timings: dict[str, float] = {}
-
         compute.apply_threads()
-        texts = _query_texts(warehouse, query_ids)
-        text_of = dict(zip(query_ids, texts, strict=True))
-        systems_to_run = {
-            "bm25": (("bm25_index",), lambda: {"bm25": bm25_run(
-                warehouse, artifacts, name, query_ids, config.depth, config.bm25_threads)}),
-            "warmup_retriever": (("warmup_retriever", WARMUP_INDEX), lambda: {
-                "warmup_retriever": dense_run(artifacts, name, "warmup_retriever", WARMUP_INDEX,
-                                              texts, query_ids, config.depth, compute)}),
-            "warmup_retriever+reranker": (("warmup_reranker",), lambda: dict(zip(
-                ("warmup_retriever+reranker", "warmup_retriever+reranker_ce_only"),
-                rerank_run(artifacts, name, "warmup_reranker", warehouse, runs["warmup_retriever"],
-                           text_of, config.rerank_depth, config.rerank_batch_size, compute,
-                           config.rerank_fusion_weight), strict=True))),
-            "joint_retriever": (("joint_retriever", "faiss_index"), lambda: {
-                "joint_retriever": dense_run(artifacts, name, "joint_retriever", "faiss_index",
-                                             texts, query_ids, config.depth, compute)}),
-            "joint_retriever+reranker": (("joint_reranker",), lambda: dict(zip(
-                ("joint_retriever+reranker", "joint_retriever+reranker_ce_only"),
-                rerank_run(artifacts, name, "joint_reranker", warehouse, runs["joint_retriever"],
-                           text_of, config.rerank_depth, config.rerank_batch_size, compute,
-                           config.rerank_fusion_weight), strict=True))),
-        }
-        with compute.claim(f"evaluation_report ({context.run.run_id[:8]})", on_wait=context.log.warning):
-            for system, (needs, make_run) in systems_to_run.items():
-                missing = [a for a in needs if not artifacts.path(name, a).exists()]
-                first_stage = system.split("+")[0]
-                if missing or (system.endswith("+reranker") and first_stage not in runs):
-                    context.log.warning(f"{system}: skipped, no artifact {missing} yet")
-                    continue
-                started = time.perf_counter()
-                runs.update(make_run())
-                timings[system] = time.perf_counter() - started
-                context.log.info(f"{system}: {len(query_ids)} {split} queries in {timings[system]:.1f}s")
-
-        systems = {sys: evaluate(run, qrels, DEFAULT_MEASURES, split=split) for sys, run in runs.items()}
-        curve_measures = [f"R@{k}" for k in RECALL_CURVE_KS]
-        curves = {
-            sys: {k: v for k, v in zip(RECALL_CURVE_KS, evaluate(run, qrels, curve_measures, split=split).values(), strict=True)}
-            for sys, run in runs.items()
-        }
-        per_query_ndcg = {sys: per_query(run, qrels, "nDCG@10", split=split) for sys, run in runs.items()}
-
-        with mlflow_tracking.start_run(f"evaluation-{name}", tags={
-            **dagster_tags(context), "dataset": name, "split": split,
-        }) as run:
-            import mlflow
-
-            run_id = run.info.run_id
-            mlflow_tracking.log_dataset_input(name, str(dataset.directory), dataset.content_hashes(),
-                                              context="evaluation")
-            mlflow.log_params({"dataset": name, "split": split, "depth": config.depth,
-                               "num_queries": len(query_ids)})
-            for sys, values in systems.items():
-                mlflow.log_metrics({mlflow_metric_name(sys, m): v for m, v in values.items()})
-            paths = write_report(
-                artifacts.report_dir(name), name, split, systems, run_id,
-                extra={"num_queries": len(query_ids), "depth": config.depth,
-                       "seconds": {k: round(v, 3) for k, v in timings.items()}},
-                per_query=per_query_ndcg, recall_curves=curves,
-            )
-            mlflow.log_artifacts(str(artifacts.report_dir(name)), artifact_path="report")
-
-        rows = [
-            (run_id, name, sys, split, measure, float(value))
-            for sys, values in systems.items() for measure, value in values.items()
-        ]
-        metrics = pl.DataFrame(rows, schema=["run_id", "dataset", "system", "split", "measure", "value"],
-                               orient="row").with_columns(created_at=pl.lit(_now()))
-        warehouse.append("metrics", metrics)
-
+        with compute.claim(f"evaluation_report ({context.run.run_id[:8]})",
+                           on_wait=context.log.warning):
+            runs, timings = system_runs(context, settings, warehouse, artifacts, name, query_ids,
+                                        compute)
+        systems, curves, per_query_ndcg = score_runs(runs, qrels, split)
+        extra = {"num_queries": len(query_ids), "depth": settings.depth,
+                 "seconds": {k: round(v, 3) for k, v in timings.items()}}
+        run_id, paths = _record(context, settings, name, split, systems, curves, per_query_ndcg,
+                                extra, artifacts, dataset, mlflow_tracking)
+        warehouse.append("metrics", _metric_rows(run_id, name, split, systems))
         table = markdown_table(systems)
         context.log.info(f"evaluation of {name} ({split}):\n{table}")
-        metadata = {
-            "report": MetadataValue.md(table),
-            "mlflow_run_id": run_id,
-            "split": split,
-            "num_queries": len(query_ids),
-            "report_path": MetadataValue.path(str(paths["json"])),
-        }
-        for sys, values in systems.items():
-            metadata[f"{sys}/nDCG@10"] = round(values["nDCG@10"], 4)
+        metadata = {"report": MetadataValue.md(table), "mlflow_run_id": run_id, "split": split,
+                    "num_queries": len(query_ids),
+                    "report_path": MetadataValue.path(str(paths["json"]))}
+        for system, values in systems.items():
+            metadata[f"{system}/nDCG@10"] = round(values["nDCG@10"], 4)
         return MaterializeResult(metadata=metadata)
 
     return [evaluation_report]
 
 
-def _now():
+def _record(context, settings, name, split, systems, curves, per_query_ndcg, extra, artifacts,
+            dataset, tracking):
+    """The MLflow evaluation run (params, metrics, the report as artifacts) and the report
+    files; returns (MLflow run id, report paths)."""
+    import mlflow
+
+    from jrr_pipeline.ml.evaluation import write_report
+
+    with tracking.start_run(f"evaluation-{name}", tags={**dagster_tags(context), "dataset": name,
+                                                        "split": split}) as run:
+        run_id = run.info.run_id
+        tracking.log_dataset_input(name, str(dataset.directory), dataset.content_hashes(),
+                                   context="evaluation")
+        mlflow.log_params({"dataset": name, "split": split, "depth": settings.depth,
+                           "num_queries": extra["num_queries"]})
+        for system, values in systems.items():
+            mlflow.log_metrics({mlflow_metric_name(system, m): v for m, v in values.items()})
+        paths = write_report(artifacts.report_dir(name), name, split, systems, run_id,
+                             extra=extra, per_query=per_query_ndcg, recall_curves=curves)
+        mlflow.log_artifacts(str(artifacts.report_dir(name)), artifact_path="report")
+    return run_id, paths
+
+
+def _metric_rows(run_id: str, name: str, split: str, systems: dict) -> pl.DataFrame:
+    """Rows of the warehouse's ``metrics`` table (every evaluation appends)."""
     from datetime import datetime
 
-    return datetime.now().replace(microsecond=0)
+    rows = [(run_id, name, system, split, measure, float(value))
+            for system, values in systems.items() for measure, value in values.items()]
+    return pl.DataFrame(rows, schema=["run_id", "dataset", "system", "split", "measure", "value"],
+                        orient="row").with_columns(
+        created_at=pl.lit(datetime.now().replace(microsecond=0)))

@@ -43,8 +43,9 @@ def build_joint_assets(settings: dict[str, Settings]) -> list:
         ],
         pool=DEVICE_POOL,
         code_version=code_version(
-            joint_settings, __name__, "jrr_pipeline.ml.training.joint",
-            "jrr_pipeline.ml.training.adversarial", "jrr_pipeline.ml.training.launch",
+            joint_settings, __name__, "jrr_pipeline.ml.training.rocketqav2",
+            "jrr_pipeline.ml.training.ar2", "jrr_pipeline.ml.training.lists",
+            "jrr_pipeline.ml.training.launch",
             "jrr_pipeline.ml.training.loop", "jrr_pipeline.ml.losses.distillation",
             "jrr_pipeline.ml.losses.adversarial", "jrr_pipeline.ml.losses.listwise",
             "jrr_pipeline.ml.training.gradcache", "jrr_pipeline.assets.common"),

@@ -40,88 +40,139 @@ def run_pipeline(
     settings: dict | None = None,
     dry_run: bool = False,
 ) -> RunOutcome:
-    """Observe the dataset files, then materialize the selected assets that are stale or missing."""
-    from dagster import AssetKey, AssetSelection, DagsterInstance
+    """Observe the dataset files, then materialize the selected assets that are stale or missing
+    (every selected one when ``stale_only`` is False); ``dry_run`` only reports what is stale."""
+    from dagster import DagsterInstance
 
-    from jrr_pipeline.assets.data import dataset_files
-    from jrr_pipeline.dagster_compat import observe
-    from jrr_pipeline.pipeline import build_resources
+    session = _Session(data_dir, preset, dataset_name, settings, run_config, echo,
+                       instance or DagsterInstance.get())
+    session.observe()
+    selected = session.select(select)
+    if dry_run:
+        return session.dry_run(selected)
+    return session.materialize(selected, stale_only)
 
-    instance = instance or DagsterInstance.get()
-    say = echo or (lambda _msg: None)
-    defs = build_definitions(preset, data_dir, settings)
-    resources = build_resources(data_dir, dataset_name)
-    outcome = RunOutcome()
 
-    config = dict(run_config or {})
-    config.setdefault("loggers", {"console": {"config": {"log_level": "INFO" if echo else "ERROR"}}})
-    for run_id in reap_dead_cli_runs(instance):
-        say(f"run {run_id} was killed without finishing: marked failed, its pool slots freed")
-    say(f"observing {data_dir} ...")
-    observe([dataset_files], instance=instance, resources={"dataset": resources["dataset"]},
-            run_config={"loggers": config["loggers"]})
+class _Session:
+    """One ``jrr run``: the Definitions, resources and instance it works with."""
 
-    graph = defs.resolve_asset_graph()
-    try:
-        selected = AssetSelection.from_string(select).resolve(graph)
-    except Exception as err:  # Dagster raises several error types for a bad selection string
-        raise ValueError(f"--select {select!r}: not a Dagster asset selection ({err}); e.g. "
-                         f"'joint_retriever*' (it and everything below it)") from None
-    selected = {k for k in selected if k in graph.materializable_asset_keys}
-    if not selected:
-        raise ValueError(f"--select {select!r} matches no asset")
-    dataset = resources["dataset"].dataset_name
-    outcome.report_path = resources["artifacts"].report_dir(dataset) / "evaluation.json"
-    job = defs.resolve_job_def(PIPELINE_JOB)
-    done: set[AssetKey] = set()
-    # A stale asset's new data version is only known once it has run, so its downstream assets turn
-    # stale one round later (or not at all, when the content did not change): repeat to a fixpoint.
-    runs_of: dict[AssetKey, int] = {}
-    for _round in range(len(selected)):
-        if stale_only:
-            status = stale_or_missing(defs, instance, selected)
-            # an asset that ran twice and is still stale would only loop (should not happen)
-            todo = {k for k, s in status.items() if s != "FRESH" and runs_of.get(k, 0) < 2}
-        else:
-            todo = selected - done
-        if not todo:
-            break
+    def __init__(self, data_dir: str, preset: str, dataset_name: str, settings: dict | None,
+                 run_config: dict | None, echo: Callable[[str], None] | None, instance) -> None:
+        from jrr_pipeline.pipeline import build_resources
+
+        self.data_dir, self.preset, self.instance = data_dir, preset, instance
+        self.say = echo or (lambda _msg: None)
+        self.defs = build_definitions(preset, data_dir, settings)
+        self.graph = self.defs.resolve_asset_graph()
+        self.resources = build_resources(data_dir, dataset_name)
+        self.dataset = self.resources["dataset"].dataset_name
+        self.config = dict(run_config or {})
+        self.config.setdefault("loggers", {"console": {"config": {
+            "log_level": "INFO" if echo else "ERROR"}}})
+
+    def observe(self) -> None:
+        """Fail the runs a killed ``jrr run`` left behind, then hash the dataset files."""
+        from jrr_pipeline.assets.data import dataset_files
+        from jrr_pipeline.dagster_compat import observe
+
+        for run_id in reap_dead_cli_runs(self.instance):
+            self.say(f"run {run_id} was killed without finishing: marked failed, its pool slots "
+                     f"freed")
+        self.say(f"observing {self.data_dir} ...")
+        observe([dataset_files], instance=self.instance,
+                resources={"dataset": self.resources["dataset"]},
+                run_config={"loggers": self.config["loggers"]})
+
+    def select(self, select: str) -> set:
+        from dagster import AssetSelection
+
+        try:
+            selected = AssetSelection.from_string(select).resolve(self.graph)
+        except Exception as err:  # Dagster raises several error types for a bad selection string
+            raise ValueError(f"--select {select!r}: not a Dagster asset selection ({err}); e.g. "
+                             f"'joint_retriever*' (it and everything below it)") from None
+        selected = {k for k in selected if k in self.graph.materializable_asset_keys}
+        if not selected:
+            raise ValueError(f"--select {select!r} matches no asset")
+        return selected
+
+    def outcome(self) -> RunOutcome:
+        report = self.resources["artifacts"].report_dir(self.dataset) / "evaluation.json"
+        return RunOutcome(report_path=report)
+
+    def stale(self, selected: set, runs_of: dict) -> set:
+        """Stale or missing assets of ``selected`` (with their multi-asset neighbours); an asset
+        that ran twice and is still stale is left out (it would only loop)."""
+        from dagster import AssetSelection
+
+        status = stale_or_missing(self.defs, self.instance, selected)
+        todo = {k for k, s in status.items() if s != "FRESH" and runs_of.get(k, 0) < 2}
         # corpus, queries and qrels are written in one transaction by one multi-asset
-        todo = AssetSelection.assets(*todo).required_multi_asset_neighbors().resolve(graph)
-        if dry_run:
-            below = AssetSelection.assets(*todo).downstream().resolve(graph) & selected
-            outcome.stale = sorted(k.to_user_string() for k in todo)
-            outcome.downstream = sorted(k.to_user_string() for k in below - todo)
-            outcome.fresh = sorted(k.to_user_string() for k in selected - below)
-            return outcome
-        todo = _ready(graph, todo, selected)
+        return AssetSelection.assets(*todo).required_multi_asset_neighbors().resolve(self.graph) \
+            if todo else set()
+
+    def dry_run(self, selected: set) -> RunOutcome:
+        from dagster import AssetSelection
+
+        outcome = self.outcome()
+        todo = self.stale(selected, {})
+        below = AssetSelection.assets(*todo).downstream().resolve(self.graph) & selected \
+            if todo else set()
+        outcome.stale = sorted(k.to_user_string() for k in todo)
+        outcome.downstream = sorted(k.to_user_string() for k in below - todo)
+        outcome.fresh = sorted(k.to_user_string() for k in selected - below)
+        return outcome
+
+    def materialize(self, selected: set, stale_only: bool) -> RunOutcome:
+        """Run rounds until nothing selected is stale. A stale asset's new data version is only
+        known once it has run, so its downstream assets turn stale one round later (or not at
+        all, when the content did not change): repeat to a fixpoint."""
+        from dagster import AssetSelection
+
+        outcome = self.outcome()
+        done: set = set()
+        runs_of: dict = {}
+        for _round in range(len(selected)):
+            if stale_only:
+                todo = self.stale(selected, runs_of)
+            else:
+                todo = AssetSelection.assets(*(selected - done)) \
+                    .required_multi_asset_neighbors().resolve(self.graph) if selected - done else set()
+            if not todo:
+                break
+            result = self.execute(_ready(self.graph, todo, selected), len(selected))
+            outcome.run_id = result.run_id
+            materialized = {e.asset_key for e in result.get_asset_materialization_events()}
+            done |= materialized
+            for key in materialized:
+                runs_of[key] = runs_of.get(key, 0) + 1
+            for evaluation in result.get_asset_check_evaluations():
+                key = f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name}"
+                outcome.checks[key] = evaluation.passed
+            if not result.success:
+                outcome.success, outcome.failure = False, _failure_message(result)
+                break
+            if not stale_only:
+                break
+        outcome.materialized = sorted(k.to_user_string() for k in done)
+        outcome.fresh = sorted(k.to_user_string() for k in selected - done)
+        return outcome
+
+    def execute(self, todo: set, n_selected: int):
+        """One in-process run of the pipeline job over ``todo``."""
+        from dagster import AssetKey
+
         names = sorted(k.to_user_string() for k in todo)
-        say(f"materializing {len(names)} of {len(selected)} assets ({preset} preset): {', '.join(names)}")
-        result = job.execute_in_process(
-            instance=instance,
+        self.say(f"materializing {len(names)} of {n_selected} assets ({self.preset} preset): "
+                 f"{', '.join(names)}")
+        return self.defs.resolve_job_def(PIPELINE_JOB).execute_in_process(
+            instance=self.instance,
             asset_selection=sorted(todo, key=AssetKey.to_user_string),
-            run_config=config,
-            tags={"jrr/preset": preset, "jrr/dataset": dataset, "jrr/source": "cli",
+            run_config=self.config,
+            tags={"jrr/preset": self.preset, "jrr/dataset": self.dataset, "jrr/source": "cli",
                   PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()},
             raise_on_error=False,
         )
-        outcome.run_id = result.run_id
-        materialized = {e.asset_key for e in result.get_asset_materialization_events()}
-        done |= materialized
-        for key in materialized:
-            runs_of[key] = runs_of.get(key, 0) + 1
-        for evaluation in result.get_asset_check_evaluations():
-            key = f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name}"
-            outcome.checks[key] = evaluation.passed
-        if not result.success:
-            outcome.success = False
-            outcome.failure = _failure_message(result)
-            break
-        if not stale_only:
-            break
-    outcome.materialized = sorted(k.to_user_string() for k in done)
-    outcome.fresh = sorted(k.to_user_string() for k in selected - done)
-    return outcome
 
 
 def _ready(graph, todo: set, selected: set) -> set:

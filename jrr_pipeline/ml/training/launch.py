@@ -164,9 +164,9 @@ def run(path: Path) -> dict[str, Any]:
 
     spec = read_run_file(path)
     if spec.stage == "joint_models" and spec.settings.method == "ar2":
-        from jrr_pipeline.ml.training.adversarial import run_ar2 as train_stage
+        from jrr_pipeline.ml.training.ar2 import run_ar2 as train_stage
     elif spec.stage == "joint_models":
-        from jrr_pipeline.ml.training.joint import run_rocketqav2 as train_stage
+        from jrr_pipeline.ml.training.rocketqav2 import run_rocketqav2 as train_stage
     else:
         from jrr_pipeline.ml.training.warmup import run_warmup as train_stage
     result = train_stage(spec)

@@ -16,14 +16,15 @@ from jrr_pipeline.ml.modeling import (
     RetrieverConfig,
 )
 from jrr_pipeline.ml.settings import JointSettings
-from jrr_pipeline.ml.training.adversarial import (
+from jrr_pipeline.ml.training.ar2 import (
     RUN_FILE,
+    AR2RetrieverTask,
     RefreshData,
     _claim_work_dir,
     train_ar2,
 )
-from jrr_pipeline.ml.training.joint import AR2RetrieverTask, CandidateList, retriever_list_scores
 from jrr_pipeline.ml.training.launch import main, read_run_file, run, write_run_file
+from jrr_pipeline.ml.training.lists import CandidateList, retriever_list_scores
 
 TOPICS = ["apple", "river", "music", "window", "garden", "doctor", "planet", "winter"]
 FILLER = ["stone", "cloud", "paper", "glass", "metal", "sugar", "chair", "light"]

@@ -14,13 +14,13 @@ from jrr_pipeline.ml.modeling import (
     RetrieverConfig,
 )
 from jrr_pipeline.ml.training import TrainConfig, train
-from jrr_pipeline.ml.training.joint import (
+from jrr_pipeline.ml.training.lists import (
     CandidateList,
-    RocketQAv2Task,
     build_candidate_lists,
     in_batch_positive_mask,
     own_list_scores,
 )
+from jrr_pipeline.ml.training.rocketqav2 import RocketQAv2Task
 
 WORDS = ["apple", "river", "music", "window", "garden", "doctor", "planet", "winter"]
 OTHERS = ["stone", "cloud", "paper", "glass", "metal", "sugar"]

@@ -28,19 +28,91 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import torch
 import torch.distributed as dist
+from torch import Tensor
 
 from jrr_pipeline.ml.io import atomic_write_json, replace_dir_atomic
+from jrr_pipeline.ml.losses import ListwiseCELoss
+from jrr_pipeline.ml.modeling import CrossEncoderReranker, DenseRetriever
 from jrr_pipeline.ml.sampling import sample_without_replacement
 from jrr_pipeline.ml.settings import JointSettings
 from jrr_pipeline.ml.training.distributed import is_main_process
-from jrr_pipeline.ml.training.joint import (
-    AR2RetrieverTask,
+from jrr_pipeline.ml.training.lists import (
     CandidateList,
-    RerankerListTask,
+    prepare_joint,
+    reranker_list_scores,
+    retriever_list_scores,
     save_pair,
+    serving_fields,
 )
 from jrr_pipeline.ml.training.loop import train
+
+
+class RerankerListTask:
+    """AR2's ranker phase: listwise CE of the reranker over lists retrieved by the current
+    retriever (positive at column 0)."""
+
+    def __init__(self, reranker: CrossEncoderReranker, chunk_pairs: int = 0) -> None:
+        self.reranker = reranker
+        self.chunk_pairs = chunk_pairs
+        self.ce = ListwiseCELoss()
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"reranker": self.reranker}
+
+    def loss(self, batch: list[CandidateList]) -> tuple[Tensor, dict[str, float]]:
+        s_ce = reranker_list_scores(self.reranker, batch, self.chunk_pairs)
+        with torch.no_grad():
+            acc = float((s_ce.argmax(1) == 0).float().mean())
+        return self.ce(s_ce), {"reranker_acc": acc}
+
+    def save(self, output_dir: Path) -> None:
+        self.reranker.save_pretrained(output_dir)
+
+
+class AR2RetrieverTask:
+    """AR2's retriever phase: ``AR2RetrieverLoss`` against the frozen ranker over the same lists.
+
+    ``retriever_ce_weight`` w > 0 (our addition, as in ``RocketQAv2Task``; 0 = the paper) adds
+    w * CE(softmax(s_de), p+), the retriever's own listwise CE on the labelled positive: the
+    adversarial and KL terms only see the ranker, which on a small train set is a weaker ranker
+    than the retriever itself."""
+
+    def __init__(self, retriever: DenseRetriever, reranker: CrossEncoderReranker, lam: float = 0.5,
+                 temperature: float = 1.0, chunk_pairs: int = 0,
+                 retriever_ce_weight: float = 0.0) -> None:
+        from jrr_pipeline.ml.losses.adversarial import AR2RetrieverLoss
+
+        if retriever_ce_weight < 0:
+            raise ValueError(f"AR2RetrieverTask: retriever_ce_weight must be >= 0, got {retriever_ce_weight}")
+        self.retriever = retriever
+        self.reranker = reranker
+        self.chunk_pairs = chunk_pairs
+        self.loss_fn = AR2RetrieverLoss(lam=lam, temperature=temperature)
+        self.retriever_ce_weight = retriever_ce_weight
+        self.ce = ListwiseCELoss()
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"retriever": self.retriever}
+
+    def loss(self, batch: list[CandidateList]) -> tuple[Tensor, dict[str, float]]:
+        self.reranker.eval()
+        with torch.no_grad():
+            s_ce = reranker_list_scores(self.reranker, batch, self.chunk_pairs)
+        s_de = retriever_list_scores(self.retriever, batch)
+        loss = self.loss_fn(s_de, s_ce)
+        metrics = dict(self.loss_fn.last_terms)
+        if self.retriever_ce_weight > 0:
+            retriever_ce = self.ce(s_de)
+            loss = loss + self.retriever_ce_weight * retriever_ce
+            metrics["retriever_ce_loss"] = float(retriever_ce.detach())
+        with torch.no_grad():
+            acc = float((s_de.argmax(1) == 0).float().mean())
+        return loss, {**metrics, "retriever_acc": acc}
+
+    def save(self, output_dir: Path) -> None:
+        self.retriever.save_pretrained(output_dir)
 
 
 @dataclass
@@ -159,7 +231,6 @@ def train_ar2(retriever, reranker, initial_lists: Sequence[CandidateList], setti
     phase results. ``stop_after=(iteration, phase, steps)`` is a test hook that stops that phase
     early, as a kill would (returns ``{"completed": False}``).
     """
-    from jrr_pipeline.ml.modeling import CrossEncoderReranker, DenseRetriever
 
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -262,7 +333,6 @@ def run_ar2(spec) -> dict:
         init_distributed,
         training_device,
     )
-    from jrr_pipeline.ml.training.joint import prepare_joint, serving_fields
 
     settings = spec.settings
     tables, lists, retriever, reranker = prepare_joint(spec)
