@@ -75,7 +75,7 @@ def test_webserver_lists_assets(beir_dir: Path, jrr_env: Path):
             time.sleep(0 if nodes else 1)
         assert set(nodes) >= EXPECTED, errors
         assert nodes["bm25_negatives"] == "negatives" and nodes["corpus"] == "data"
-        assert nodes["joint_retriever"] == "training" and nodes["faiss_index"] == "serving"
+        assert nodes["joint_retriever"] == "joint" and nodes["faiss_index"] == "serving"
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
