@@ -84,11 +84,20 @@ def stage_config(settings: Settings) -> type[StageConfig]:
                                   description=f.metadata.get("help"))
                    if isinstance(value, list | dict) else
                    pydantic.Field(default=value, description=f.metadata.get("help")))
-        fields[f.name] = (hints[f.name], default)
+        fields[f.name] = (_config_type(hints[f.name]), default)
     base = type(f"{cls.__name__}Base", (StageConfig,), {"stage_name": cls.stage,
                                                         "__module__": __name__})
     return pydantic.create_model(cls.__name__.removesuffix("Settings") + "Config", __base__=base,
                                  __module__=__name__, **fields)
+
+
+def _config_type(hint: Any) -> Any:
+    """A type Dagster's Config accepts: a list of ``Literal`` choices becomes a list of str
+    (``settings()`` still checks the choices)."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is list and args and typing.get_origin(args[0]) is typing.Literal:
+        return list[str]
+    return hint
 
 
 def registered_model_name(dataset: str, asset_name: str) -> str:

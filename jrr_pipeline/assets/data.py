@@ -18,6 +18,7 @@ from dagster import (
 
 from jrr_pipeline.assets.common import WAREHOUSE_POOL, frame_version
 from jrr_pipeline.ml.data import duplicate_ids, empty_texts, split_overlap, unresolved_qrels
+from jrr_pipeline.ml.settings import Settings
 from jrr_pipeline.resources import DatasetSource, Warehouse
 from jrr_pipeline.resources.dataset import files_digest
 from jrr_pipeline.settings import code_version
@@ -39,8 +40,8 @@ def dataset_files(context, dataset: DatasetSource) -> ObserveResult:
     })
 
 
-def build_data_assets() -> list:
-    version = code_version(None, __name__, "jrr_pipeline.ml.data")
+def build_data_assets(settings: dict[str, Settings]) -> list:
+    version = code_version(settings["dataset"], __name__, "jrr_pipeline.ml.data")
 
     @multi_asset(
         name="dataset_tables",

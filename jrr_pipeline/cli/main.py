@@ -10,7 +10,7 @@ from pathlib import Path
 
 from jrr_pipeline.resources.home import configure_environment, jrr_home
 from jrr_pipeline.resources.locks import ResourceBusyError
-from jrr_pipeline.settings import PRESET_NAMES, load_settings, merge_settings, parse_assignments
+from jrr_pipeline.settings import PRESET_NAMES, user_settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,7 +105,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not data_dir.is_dir():
         raise FileNotFoundError(f"{data_dir}: no such dataset directory")
     started = time.perf_counter()
-    settings = merge_settings(load_settings(), parse_assignments(args.set))
+    settings = user_settings(args.set, args.preset)
     outcome = run_pipeline(str(data_dir), preset=args.preset, select=args.select,
                            stale_only=args.stale_only, dataset_name=args.name,
                            echo=None if args.quiet else print, settings=settings,
@@ -134,7 +134,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_settings(args: argparse.Namespace) -> int:
     from jrr_pipeline.settings import resolve_settings, to_toml
 
-    user = merge_settings(load_settings(), parse_assignments(args.set))
+    user = user_settings(args.set, args.preset)
     print(to_toml(resolve_settings(args.preset, user), args.preset, user), end="")
     return 0
 
