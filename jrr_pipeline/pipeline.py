@@ -13,6 +13,7 @@ from dagster import (
 
 from jrr_pipeline.assets import ASSET_CHECKS, build_assets
 from jrr_pipeline.automation import build_automation
+from jrr_pipeline.console import console_logger
 from jrr_pipeline.dagster_compat import forget_closed_defs_state_storage
 from jrr_pipeline.ml.settings import DatasetSettings
 from jrr_pipeline.resources import ArtifactStore, Compute, DatasetSource, MLflowTracking, Warehouse
@@ -60,6 +61,7 @@ def build_definitions(preset: str | None = None, data_dir: str | None = None,
         schedules=schedules,
         sensors=sensors,
         resources=build_resources(data_dir, dataset_name, resolved["dataset"]),
+        loggers={"console": console_logger},
         # torch is heavy and the default machine has 2 cores: run steps in one process.
         executor=in_process_executor,
     )

@@ -186,7 +186,7 @@ def _dense_negatives(context, config, warehouse, artifacts, dataset, compute) ->
     })
 
 
-@asset_check(asset="bm25_negatives", additional_deps=["qrels"],
+@asset_check(asset="bm25_negatives", additional_deps=["qrels"], blocking=True,
              description="no labelled positive of a query appears among its negatives")
 def negatives_exclude_positives(warehouse: Warehouse) -> AssetCheckResult:
     leaked = warehouse.query(
