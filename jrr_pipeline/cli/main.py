@@ -139,6 +139,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                            stale_only=args.stale_only, dataset_name=args.name,
                            echo=None if args.quiet else print, settings=settings,
                            dry_run=args.dry_run, verbose=args.verbose)
+    for asset, why in outcome.lost.items() if args.quiet else ():  # else said as found
+        print(f"{asset}: {why}: rebuilt")
     if args.dry_run:
         print(f"stale or missing: {', '.join(outcome.stale) or 'nothing'}")
         print(f"downstream (re-run when their inputs change): {', '.join(outcome.downstream) or 'nothing'}")

@@ -31,6 +31,7 @@ class RunOutcome:
     checks: dict[str, bool] = field(default_factory=dict)
     check_reports: dict[str, CheckReport] = field(default_factory=dict)  # the latest of each
     report_path: Path | None = None
+    lost: dict[str, str] = field(default_factory=dict)  # asset -> why its storage counts as lost
     stale: list[str] = field(default_factory=list)  # dry run: stale or missing now
     downstream: list[str] = field(default_factory=list)  # dry run: below them, re-run if changed
 
@@ -59,6 +60,7 @@ def run_pipeline(
     failed = session.observe()
     if failed is not None:
         return failed
+    selected = session.verify(selected)
     if dry_run:
         return session.dry_run(selected)
     return session.materialize(selected, stale_only)
@@ -77,6 +79,7 @@ class _Session:
         self.resources = self.defs.resources
         self.dataset = self.resources["dataset"].dataset_name
         self.level = "INFO" if echo or verbose else "CRITICAL"
+        self.lost: dict = {}  # asset key -> why its storage counts as lost (see verify)
         self.config = dict(run_config or {})
         self.config.setdefault("loggers", {"console": {"config": {
             "log_level": self.level, "verbose": verbose}}})
@@ -114,17 +117,36 @@ class _Session:
             raise ValueError(f"--select {select!r} matches no asset")
         return selected
 
+    def verify(self, selected: set) -> set:
+        """Check the storage of the materialized assets of ``selected`` and of their ancestors
+        against their records (``ops.storage``); the lost ones count as stale until they run
+        once. Returns ``selected`` with the lost ancestors it needs."""
+        from dagster import AssetSelection
+
+        from jrr_pipeline.ops.storage import lost_storage
+
+        scope = AssetSelection.assets(*selected).upstream().resolve(self.graph) \
+            & self.graph.materializable_asset_keys
+        self.lost = lost_storage(self.instance, scope, self.resources["warehouse"],
+                                 self.resources["artifacts"], self.dataset)
+        for key, why in self.lost.items():
+            self.say(f"{key.to_user_string()}: {why}: rebuilding it")
+        return selected | set(self.lost)
+
     def outcome(self) -> RunOutcome:
         report = self.resources["artifacts"].report_dir(self.dataset) / "evaluation.json"
-        return RunOutcome(report_path=report)
+        return RunOutcome(report_path=report,
+                          lost={k.to_user_string(): why for k, why in self.lost.items()})
 
     def stale(self, selected: set, runs_of: dict) -> set:
-        """Stale or missing assets of ``selected`` (with their multi-asset neighbours); an asset
-        that ran twice and is still stale is left out (it would only loop)."""
+        """Stale or missing assets of ``selected`` and lost ones not rebuilt yet (with their
+        multi-asset neighbours); an asset that ran twice and is still stale is left out (it
+        would only loop)."""
         from dagster import AssetSelection
 
         status = stale_or_missing(self.defs, self.instance, selected)
         todo = {k for k, s in status.items() if s != "FRESH" and runs_of.get(k, 0) < 2}
+        todo |= {k for k in self.lost if not runs_of.get(k)}
         # corpus, queries and qrels are written in one transaction by one multi-asset
         return AssetSelection.assets(*todo).required_multi_asset_neighbors().resolve(self.graph) \
             if todo else set()
