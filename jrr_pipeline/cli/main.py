@@ -153,7 +153,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not outcome.success:
         if outcome.materialized:
             print(f"materialized before the failure: {', '.join(outcome.materialized)}")
-        return fail(f"run {outcome.run_id} failed after {seconds:.1f}s: {outcome.failure}", 1)
+        return fail(f"{outcome.failure} (run {outcome.run_id}, failed after {seconds:.1f}s)", 1)
     if not outcome.materialized:
         print(f"nothing stale: {len(outcome.fresh)} assets up to date ({seconds:.1f}s)")
     else:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from jrr_pipeline.ml.settings.base import shown
 from jrr_pipeline.ops.checks import CheckReport, check_report
 from jrr_pipeline.ops.staleness import stale_or_missing
 from jrr_pipeline.pipeline import PIPELINE_JOB, build_definitions
@@ -109,9 +110,10 @@ class _Session:
 
         try:
             selected = AssetSelection.from_string(select).resolve(self.graph)
-        except Exception as err:  # Dagster raises several error types for a bad selection string
-            raise ValueError(f"--select {select!r}: not a Dagster asset selection ({err}); e.g. "
-                             f"'joint_retriever*' (it and everything below it)") from None
+        except Exception:  # Dagster raises several error types for a bad selection string
+            names = ", ".join(sorted(k.to_user_string() for k in self.graph.materializable_asset_keys))
+            raise ValueError(f"--select {shown(select)}: not a selection of these assets: {names} "
+                             f"(e.g. 'joint_retriever*': it and everything below it)") from None
         selected = {k for k in selected if k in self.graph.materializable_asset_keys}
         if not selected:
             raise ValueError(f"--select {select!r} matches no asset")

@@ -123,8 +123,9 @@ def read_jsonl(path: Path, id_column: str, with_title: bool, progress: bool = Fa
             raise DataFormatError(path, number, None, f"malformed JSON: {exc.msg} (column "
                                   f"{exc.colno}){_json_lines_hint(line)}") from None
         if type(obj) is not dict:
+            hint = _json_lines_hint(line) if type(obj) is list else ""
             raise DataFormatError(path, number, None, f"expected a JSON object, got "
-                                  f"{shown(line)}{_json_lines_hint(line)}")
+                                  f"{shown(line)}{hint}")
         if "\\u" in line:  # a JSON escape may encode half a UTF-16 pair
             _check_unicode(obj, ("_id", "title", "text"), path, number)
         # common case inline (string fields); anything else goes through the checking helpers

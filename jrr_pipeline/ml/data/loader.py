@@ -60,9 +60,9 @@ def detect_format(data_dir: str | Path) -> Format:
     found = [fmt for fmt, names in _MARKERS.items() if any((path / n).is_file() for n in names)]
     if len(found) == 1:
         return found[0]
-    for link in (path / n for names in _MARKERS.values() for n in names):
-        if link.is_symlink() and not link.is_file():
-            raise DataFormatError(link, None, None, f"corpus file {not_a_file(link)}")
+    for marker in (path / n for names in _MARKERS.values() for n in names):
+        if (marker.is_symlink() or marker.exists()) and not marker.is_file():
+            raise DataFormatError(marker, None, None, f"corpus file {not_a_file(marker)}")
     if not found:
         problem = ("cannot detect the format: expected corpus.jsonl (BEIR), collection.tsv "
                    "(MS MARCO) or corpus.csv / .tsv / .parquet (tabular)")

@@ -130,10 +130,10 @@ def parse_int(text: str) -> int | None:
 
 def int_problem(text: str, what: str = "relevance") -> str:
     """Why ``text`` is not what :func:`parse_int` accepts, in words."""
-    digits = text.strip().lstrip("+-")
-    if digits.isascii() and digits.isdigit():
-        return (f"{what} {shown(text.strip())} is out of range (a 32-bit integer, "
-                f"{_INT32_MIN}..{_INT32_MAX})")
+    number = text.strip()
+    if number.lstrip("+-").isascii() and number.lstrip("+-").isdigit():
+        number = number if len(number) <= 20 else number[:20] + "..."
+        return f"{what} {number} is out of range (a 32-bit integer, {_INT32_MIN}..{_INT32_MAX})"
     return f"{what} must be an integer, got {shown(text)}"
 
 

@@ -43,7 +43,8 @@ def did_you_mean(name: str, known: list[str]) -> str:
     """`` (did you mean 'lr'?)`` for a near miss, else `` (known: a, b, ...)``."""
     import difflib
 
-    close = difflib.get_close_matches(name, known, n=1)
+    close = difflib.get_close_matches(name, known, n=1) or [
+        k for k in known if k.startswith(name) or name.startswith(k)]
     return f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(known)})"
 
 

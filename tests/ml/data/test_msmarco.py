@@ -99,7 +99,7 @@ def test_query_id_twice_in_one_file_is_an_error_even_with_same_text(
         ("qrels.train.tsv", "100 0 0 1\n100\t0\t1\n", 2, None, "but line 1 has 4"),
         ("qrels.train.tsv", "100 0 0 yes\n", 1, "rel", "must be an integer"),
         ("qrels.train.tsv", "100 0 0 99999999999\n", 1, "rel",
-         "relevance '99999999999' is out of range (a 32-bit integer"),
+         "relevance 99999999999 is out of range (a 32-bit integer"),
     ],
 )
 def test_bad_rows(
