@@ -55,12 +55,15 @@ def jrr(*args: str) -> Result:
     return Result(code, out.getvalue(), err.getvalue())
 
 
-def jrr_process(home: Path, *args: str, **popen) -> subprocess.Popen:
-    """``jrr ARGS`` as its own process on ``home`` (stdout and stderr merged, text)."""
-    env = {**os.environ, "JRR_HOME": str(home), "DAGSTER_HOME": str(home / "dagster"),
-           "PYTHONUNBUFFERED": "1"}
+def jrr_process(home: Path, *args: str, env_extra: dict[str, str] | None = None,
+                stdout=subprocess.PIPE, **popen) -> subprocess.Popen:
+    """``jrr ARGS`` as its own process on ``home`` (stdout and stderr merged into ``stdout``,
+    text); ``env_extra`` adds variables (JRR_SETTINGS only when given)."""
+    env = {k: v for k, v in os.environ.items() if k != "JRR_SETTINGS"}
+    env.update({"JRR_HOME": str(home), "DAGSTER_HOME": str(home / "dagster"),
+                "PYTHONUNBUFFERED": "1", **(env_extra or {})})
     return subprocess.Popen([str(Path(sys.executable).parent / "jrr"), *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+                            stdout=stdout, stderr=subprocess.STDOUT, text=True, **popen)
 
 
 def fingerprints(home: Path, tables: tuple[str, ...] = DATA_TABLES) -> dict[str, str]:
