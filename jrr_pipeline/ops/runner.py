@@ -53,10 +53,8 @@ def run_pipeline(
     """Observe the dataset files, then materialize the selected assets that are stale or missing
     (every selected one when ``stale_only`` is False); ``dry_run`` only reports what is stale.
     ``verbose`` logs Dagster's full event text (stack traces included)."""
-    from dagster import DagsterInstance
-
     session = _Session(data_dir, preset, dataset_name, settings, run_config, echo,
-                       instance or DagsterInstance.get(), verbose)
+                       instance or project_instance(), verbose)
     selected = session.select(select)
     failed = session.observe()
     if failed is not None:
@@ -65,6 +63,19 @@ def run_pipeline(
     if dry_run:
         return session.dry_run(selected)
     return session.materialize(selected, stale_only)
+
+
+def project_instance():
+    """``DagsterInstance.get()`` under a file lock: two ``jrr run`` processes that create a
+    fresh sqlite instance at once race on its schema (``UNIQUE constraint failed:
+    alembic_version``); the second one waits until the first has made it."""
+    from dagster import DagsterInstance
+
+    from jrr_pipeline.resources.locks import exclusive
+
+    home = Path(os.environ["DAGSTER_HOME"])
+    with exclusive(home / ".instance.lock", f"Dagster instance {home}", owner="jrr run"):
+        return DagsterInstance.get()
 
 
 class _Session:
