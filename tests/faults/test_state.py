@@ -144,3 +144,12 @@ def test_a_corrupted_warehouse_is_named_with_how_to_recover(on_full_home: FullRu
                                      f"the tables from the dataset", during_run=False)
     finally:
         shutil.copy(good, warehouse)
+
+
+def test_every_asset_declares_its_storage():
+    """A new asset must say what it keeps, or lost storage would go unnoticed."""
+    from jrr_pipeline.ops.storage import STORAGE
+    from jrr_pipeline.pipeline import build_definitions
+
+    graph = build_definitions("ci", "").resolve_asset_graph()
+    assert set(STORAGE) == {k.to_user_string() for k in graph.materializable_asset_keys}
