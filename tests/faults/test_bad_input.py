@@ -311,3 +311,20 @@ def test_column_mapping_from_settings_reads_the_same_tables(good, bases, tmp_pat
     mapped = jrr("run", str(data), "--preset", "ci", "--select", "corpus", "--quiet")
     assert mapped.code == 0, mapped.err[-2000:]
     assert fingerprints(home) == before
+
+
+def test_progress_output_keeps_one_error_line_and_verbose_shows_the_stack(good, beir_dir,
+                                                                          tmp_path):
+    """The issue's repro with progress on: Dagster's events one line each, the error last; the
+    stack traces only with --verbose."""
+    home, before = good
+    data = copy_dataset(beir_dir, tmp_path / "toyset")
+    append("qrels/test.tsv", "q0_0\td0_0\t1\n")(data)
+    args = ("run", str(data), "--preset", "ci", "--select", "*bm25_negatives")
+    plain = jrr(*args)
+    plain.assert_clean_error(1, f"{data}/qrels/test.tsv:22: field 'query-id': {LEAK}", True)
+    assert "STEP_FAILURE" in plain.err and len((plain.out + plain.err).splitlines()) < 12
+    verbose = jrr(*args, "--verbose")
+    assert verbose.code == 1 and 'File "' in verbose.err
+    assert verbose.last_line.split(" (run ")[0] == plain.last_line.split(" (run ")[0]
+    assert fingerprints(home) == before
