@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.faults.jrr import copy_dataset, fingerprints, home_for, jrr
+from tests.ml.data.conftest import write
 
 BIG = "x" * 10_000_000  # a 10 MB value: echoed at most ~80 characters
 SHOWN_BIG = "'" + "x" * 76 + "..."
@@ -47,15 +48,7 @@ def append(rel: str, text: str) -> Callable[[Path], None]:
 
 
 def put(rel: str, content: str | bytes) -> Callable[[Path], None]:
-    def damage(data: Path) -> None:
-        path = data / rel
-        path.unlink(missing_ok=True)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(content, bytes):
-            path.write_bytes(content)
-        else:
-            path.write_text(content, encoding="utf-8")
-    return damage
+    return lambda data: write(data / rel, content) and None
 
 
 def link(rel: str, target: str) -> Callable[[Path], None]:
@@ -160,7 +153,7 @@ CASES = [
     # qrels
     Case("leak_train_test", append("qrels/test.tsv", "q0_0\td0_0\t1\n"),
          f"{{d}}/qrels/test.tsv:22: field 'query-id': {LEAK}"),
-    Case("leak_dev_test", lambda d: (put("qrels/dev.tsv", "q0_2\td0_0\t1\n")(d)),
+    Case("leak_dev_test", put("qrels/dev.tsv", "q0_2\td0_0\t1\n"),
          "{d}/qrels/test.tsv:2: field 'query-id': query 'q0_2' is in the test split and in dev "
          "(at dev.tsv:1): a query may be in train or dev, or in test, never both"),
     Case("unknown_doc", append("qrels/test.tsv", "q0_2\tno_such_doc\t1\n"),
