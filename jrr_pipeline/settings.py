@@ -21,11 +21,13 @@ import json
 import math
 import os
 import tomllib
+import typing
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from jrr_pipeline.ml.settings import STAGES, Settings
+from jrr_pipeline.ml.settings.base import did_you_mean, shown
 
 PRESET_NAMES = ("ci", "cpu", "gpu")
 UserSettings = dict[str, dict[str, Any]]
@@ -87,8 +89,8 @@ def resolve_settings(preset: str, user: UserSettings | None = None,
     user = dict(user or {})
     unknown = sorted(set(user) - set(STAGES))
     if unknown:
-        raise ValueError(f"{source}: unknown stage {unknown[0]!r}; stages with settings: "
-                         f"{', '.join(STAGES)}")
+        raise ValueError(f"{source}: unknown stage {shown(unknown[0])}"
+                         f"{did_you_mean(unknown[0], list(STAGES))}")
     table = PRESETS[check_preset(preset)]
     resolved = {}
     for stage, cls in STAGES.items():
@@ -109,37 +111,86 @@ def load_settings(path: str | Path | None = None) -> UserSettings:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: settings file not found (JRR_SETTINGS)") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: cannot read the settings file (JRR_SETTINGS): "
+                         f"{getattr(err, 'strerror', None) or err}") from None
     except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"{path}: {err}") from None
+        raise ValueError(f"{path}: not valid TOML (JRR_SETTINGS): {err}") from None
     for stage, values in data.items():
         if not isinstance(values, dict):
-            raise ValueError(f"{path}: {stage!r} must be a table [{stage}] of field = value")
+            raise ValueError(f"{path}: {shown(stage)} must be a table [{stage}] of field = "
+                             f"value (JRR_SETTINGS)")
     return data
 
 
 def parse_assignments(items: list[str]) -> UserSettings:
-    """``['warmup_reranker.lr=3e-5']`` -> ``{'warmup_reranker': {'lr': 3e-05}}`` (JSON values,
-    else text)."""
+    """``['warmup_reranker.lr=3e-5', 'dataset.columns.doc_id=id']`` -> ``{'warmup_reranker':
+    {'lr': 3e-05}, 'dataset': {'columns': {'doc_id': 'id'}}}``. A value is JSON (nan and inf
+    too) unless the knob holds text; ``STAGE.FIELD.KEY`` sets one entry of a table knob."""
     settings: UserSettings = {}
     for item in items:
         key, sep, raw = item.partition("=")
-        stage, dot, name = key.strip().partition(".")
-        if not (sep and dot and stage and name):
-            raise ValueError(f"--set {item!r}: expected STAGE.FIELD=VALUE, e.g. "
-                             f"warmup_reranker.lr=3e-5")
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            value = raw
-        settings.setdefault(stage, {})[name] = value
+        stage, _, rest = key.strip().partition(".")
+        name, _, entry = rest.partition(".")
+        if not (sep and stage and name):
+            raise ValueError(f"--set {shown(item)}: expected STAGE.FIELD=VALUE, e.g. "
+                             f"warmup_reranker.lr=3e-5 or dataset.columns.doc_id=id")
+        kind = _knob_type(stage, name)
+        if entry:
+            if typing.get_origin(kind) is not dict:
+                raise ValueError(f"--set {shown(item)}: {stage}.{name} is not a table; "
+                                 f"STAGE.FIELD.KEY=VALUE sets an entry of a table setting")
+            value = _parse_value(raw, typing.get_args(kind)[1])
+            settings.setdefault(stage, {}).setdefault(name, {})[entry] = value
+        else:
+            settings.setdefault(stage, {})[name] = _parse_value(raw, kind)
     return settings
 
 
+def _knob_type(stage: str, name: str) -> Any:
+    """The annotation of ``STAGE.FIELD`` (None when unknown: validation names it later)."""
+    cls = STAGES.get(stage)
+    return typing.get_type_hints(cls).get(name) if cls else None
+
+
+def _parse_value(raw: str, kind: Any) -> Any:
+    """Text stays text for a text knob (a quoted JSON string is unquoted); else JSON."""
+    texts = kind is str or (typing.get_origin(kind) is Literal
+                            and all(isinstance(a, str) for a in typing.get_args(kind)))
+    if texts and not (raw.startswith('"') and raw.endswith('"') and len(raw) > 1):
+        return raw
+    if raw.strip().lower() in _FLOAT_WORDS:
+        return float(raw)
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+_FLOAT_WORDS = {"nan", "inf", "+inf", "-inf", "infinity", "-infinity"}
+
+
 def merge_settings(*layers: UserSettings) -> UserSettings:
+    """Later layers win, field by field; a table knob (``dataset.columns``) entry by entry."""
     merged: UserSettings = {}
     for layer in layers:
         for stage, values in layer.items():
-            merged.setdefault(stage, {}).update(values)
+            target = merged.setdefault(stage, {})
+            for name, value in values.items():
+                if isinstance(value, dict) and isinstance(target.get(name), dict):
+                    value = {**target[name], **value}
+                target[name] = value
+    return merged
+
+
+def user_settings(assignments: list[str], preset: str) -> UserSettings:
+    """``$JRR_SETTINGS`` merged with ``--set`` assignments, each layer validated in turn, so a
+    bad value fails at once, naming where it came from."""
+    from_file = load_settings()
+    if from_file:
+        resolve_settings(preset, from_file, f"{os.environ['JRR_SETTINGS']} (JRR_SETTINGS)")
+    merged = merge_settings(from_file, parse_assignments(assignments))
+    resolve_settings(preset, merged, "--set")
     return merged
 
 

@@ -376,7 +376,7 @@ def test_bad_input_fails_and_keeps_previous_tables(beir_dir, jrr_env, instance, 
     damage(bad)
     outcome = run_pipeline(str(bad), preset="ci", select="corpus", echo=None, instance=instance)
     assert not outcome.success
-    assert "DataFormatError" in outcome.failure and expected in outcome.failure, outcome.failure
+    assert outcome.failure.startswith(str(bad)) and expected in outcome.failure, outcome.failure
     con = duckdb.connect(str(jrr_env / "warehouse.duckdb"), read_only=True)
     counts = [con.execute(f"select count(*) from {t}").fetchone()[0]
               for t in ("corpus", "queries", "qrels")]

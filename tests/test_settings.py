@@ -49,14 +49,19 @@ def changed_everywhere(settings: Settings) -> Settings:
             bounds = f.metadata["bounds"]
             value = value / 2 if value > bounds.get("ge", bounds.get("gt", -1e9)) + 1e-9 else 0.5
         elif kind is str:
-            value = {"stemmer": "german", "stopwords": ""}.get(f.name, value + "_x")
+            value = {"stemmer": "german", "stopwords": "", "factory": "HNSW32"}.get(
+                f.name, value + "_x")
         elif typing.get_origin(kind) is list:
-            value = [*value, "extra"]
+            value = value[:1]
+        elif typing.get_origin(kind) is dict:
+            value = {"doc_id": "id"}
         values[f.name] = value
     if "retriever_in_batch" in values:  # needs a retriever CE term to widen
         values["retriever_ce_weight"] = 0.5
     if "tau_pos" in values:
         values["tau_pos"] = 0.95
+    if "columns" in values:  # a column mapping applies to the tabular layout
+        values["format"] = "tabular"
     return type(settings)(**values)
 
 
@@ -67,6 +72,42 @@ def test_assignments_parse_json_values():
         "warmup_retriever": {"normalize": False}}
     with pytest.raises(ValueError, match="STAGE.FIELD=VALUE"):
         parse_assignments(["lr=3e-5"])
+
+
+def test_assignments_for_table_knobs_and_text_knobs():
+    """``STAGE.FIELD.KEY=V`` sets one entry of a table knob; text knobs keep their text."""
+    assert parse_assignments(["dataset.columns.doc_id=id", "dataset.columns.text=123",
+                              "bm25_index.stemmer=\"german\"", "warmup_retriever.lr=nan"]) == {
+        "dataset": {"columns": {"doc_id": "id", "text": "123"}},
+        "bm25_index": {"stemmer": "german"}, "warmup_retriever": {"lr": pytest.approx(float("nan"),
+                                                                                   nan_ok=True)}}
+    with pytest.raises(ValueError, match="warmup_retriever.lr is not a table"):
+        parse_assignments(["warmup_retriever.lr.x=1"])
+
+
+def test_column_mapping_merges_entry_by_entry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    path = tmp_path / "jrr.toml"
+    path.write_text('[dataset]\nformat = "tabular"\n[dataset.columns]\ndoc_id = "id"\n'
+                    'text = "body"\n')
+    monkeypatch.setenv("JRR_SETTINGS", str(path))
+    user = settings_module.user_settings(["dataset.columns.text=abstract"], "ci")
+    assert user["dataset"] == {"format": "tabular",
+                               "columns": {"doc_id": "id", "text": "abstract"}}
+    resolved = resolve_settings("ci", user)
+    assert resolve_settings("ci", tomllib.loads(to_toml(resolved, "ci", user))) == resolved
+
+
+def test_a_bad_value_names_where_it_came_from(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    path = tmp_path / "jrr.toml"
+    path.write_text("[faiss_index]\nfactory = \"IVF\"\n")
+    monkeypatch.setenv("JRR_SETTINGS", str(path))
+    with pytest.raises(ValueError, match=rf"^{path} \(JRR_SETTINGS\): faiss_index.factory = "
+                                         r"'IVF': not a FAISS index_factory string"):
+        settings_module.user_settings([], "ci")
+    monkeypatch.delenv("JRR_SETTINGS")
+    with pytest.raises(ValueError, match=r"^--set: dataset.columns.docid: not a field of the "
+                                         r"column mapping \(did you mean 'doc_id'\?\)"):
+        settings_module.user_settings(["dataset.columns.docid=id"], "ci")
 
 
 def test_settings_file_and_merge(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -141,6 +182,14 @@ def test_one_reranker_setting_changes_only_the_reranker_code_version():
     ({"warmup_retriever": {"max_steps": -5}}, "warmup_retriever.max_steps = -5: must be >= 0"),
     ({"joint_models": {"method": "foo"}}, "joint_models.method = 'foo': expected one of"),
     ({"denoised_candidates": {"tau_neg": 1.5}}, "denoised_candidates.tau_neg = 1.5: must be <= 1"),
+    ({"warmup_reranker": {"lr": float("inf")}}, "warmup_reranker.lr = inf: must be a finite"),
+    ({"bm25_negatives": {"split": "tset"}}, "bm25_negatives.split = 'tset': expected one of"),
+    ({"denoised_candidates": {"sources": ["bm25", "sparse"]}},
+     r"denoised_candidates.sources = \['bm25', 'sparse'\]: expected a list of 'bm25', 'dense'"),
+    ({"dense_negatives": {"factory": "HNSWx"}}, "not a FAISS index_factory string"),
+    ({"dataset": {"format": "beir", "columns": {"doc_id": "id"}}},
+     "dataset.columns: the beir layout has fixed field names"),
+    ({"dataset": {"columns": {"text": ""}}}, r"dataset.columns.text = '': needs a column name"),
 ])
 def test_bad_settings_fail_before_any_work(settings: dict, message: str):
     with pytest.raises(ValueError, match=message):

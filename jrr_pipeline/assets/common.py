@@ -16,6 +16,9 @@ from dagster import AssetExecutionContext, AssetKey, Config
 
 from jrr_pipeline.ml.settings import STAGES, Settings
 
+# Materialization metadata: the listing checksum (ml.io.directory_manifest) of the artifact
+# directory an asset wrote, which `jrr run` verifies before it decides what is stale.
+MANIFEST_KEY = "jrr/manifest"
 # Dagster concurrency pools (limit 1 each in the instance's dagster.yaml written by paths.py).
 DEVICE_POOL = "jrr_device"  # steps that train, encode or rerank
 WAREHOUSE_POOL = "jrr_warehouse"  # steps that only write DuckDB tables / BM25 files
@@ -30,6 +33,13 @@ def frame_version(frame: pl.DataFrame) -> str:
     for chunk in frame.iter_slices(200_000):
         digest.update(chunk.write_csv(include_header=False).encode())
     return digest.hexdigest()[:16]
+
+
+def manifest(path: Path) -> dict[str, str]:
+    """Metadata recording the artifact directory ``path`` as written (see ``MANIFEST_KEY``)."""
+    from jrr_pipeline.ml.io import directory_manifest
+
+    return {MANIFEST_KEY: directory_manifest(path)}
 
 
 def dagster_tags(context: AssetExecutionContext) -> dict[str, str]:
@@ -84,11 +94,20 @@ def stage_config(settings: Settings) -> type[StageConfig]:
                                   description=f.metadata.get("help"))
                    if isinstance(value, list | dict) else
                    pydantic.Field(default=value, description=f.metadata.get("help")))
-        fields[f.name] = (hints[f.name], default)
+        fields[f.name] = (_config_type(hints[f.name]), default)
     base = type(f"{cls.__name__}Base", (StageConfig,), {"stage_name": cls.stage,
                                                         "__module__": __name__})
     return pydantic.create_model(cls.__name__.removesuffix("Settings") + "Config", __base__=base,
                                  __module__=__name__, **fields)
+
+
+def _config_type(hint: Any) -> Any:
+    """A type Dagster's Config accepts: a list of ``Literal`` choices becomes a list of str
+    (``settings()`` still checks the choices)."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is list and args and typing.get_origin(args[0]) is typing.Literal:
+        return list[str]
+    return hint
 
 
 def registered_model_name(dataset: str, asset_name: str) -> str:

@@ -18,6 +18,7 @@ from dagster import (
 
 from jrr_pipeline.assets.common import WAREHOUSE_POOL, frame_version
 from jrr_pipeline.ml.data import duplicate_ids, empty_texts, split_overlap, unresolved_qrels
+from jrr_pipeline.ml.settings import Settings
 from jrr_pipeline.resources import DatasetSource, Warehouse
 from jrr_pipeline.resources.dataset import files_digest
 from jrr_pipeline.settings import code_version
@@ -39,8 +40,8 @@ def dataset_files(context, dataset: DatasetSource) -> ObserveResult:
     })
 
 
-def build_data_assets() -> list:
-    version = code_version(None, __name__, "jrr_pipeline.ml.data")
+def build_data_assets(settings: dict[str, Settings]) -> list:
+    version = code_version(settings["dataset"], __name__, "jrr_pipeline.ml.data")
 
     @multi_asset(
         name="dataset_tables",
@@ -116,7 +117,7 @@ def _result(failures: list[str], severity: AssetCheckSeverity, what: str, total:
     )
 
 
-@asset_check(asset="corpus", description="doc_id is unique")
+@asset_check(asset="corpus", blocking=True, description="doc_id is unique")
 def corpus_unique_ids(warehouse: Warehouse) -> AssetCheckResult:
     corpus = warehouse.query("SELECT doc_id FROM corpus")
     return _result(duplicate_ids(corpus, "doc_id"), AssetCheckSeverity.ERROR, "duplicate doc ids", corpus.height)
@@ -128,7 +129,7 @@ def corpus_nonempty_text(warehouse: Warehouse) -> AssetCheckResult:
     return _result(empty_texts(corpus, "doc_id"), AssetCheckSeverity.WARN, "empty documents", corpus.height)
 
 
-@asset_check(asset="queries", description="query_id is unique")
+@asset_check(asset="queries", blocking=True, description="query_id is unique")
 def queries_unique_ids(warehouse: Warehouse) -> AssetCheckResult:
     queries = warehouse.query("SELECT query_id FROM queries")
     return _result(duplicate_ids(queries, "query_id"), AssetCheckSeverity.ERROR, "duplicate query ids", queries.height)
@@ -140,7 +141,7 @@ def queries_nonempty_text(warehouse: Warehouse) -> AssetCheckResult:
     return _result(empty_texts(queries, "query_id"), AssetCheckSeverity.WARN, "empty queries", queries.height)
 
 
-@asset_check(asset="qrels", additional_deps=["corpus", "queries"],
+@asset_check(asset="qrels", additional_deps=["corpus", "queries"], blocking=True,
              description="every qrels query id and doc id resolves")
 def qrels_ids_resolve(warehouse: Warehouse) -> AssetCheckResult:
     qrels = warehouse.table("qrels")
@@ -151,11 +152,13 @@ def qrels_ids_resolve(warehouse: Warehouse) -> AssetCheckResult:
     return _result(failures, AssetCheckSeverity.ERROR, "unresolved qrels ids", qrels.height)
 
 
-@asset_check(asset="qrels", description="no query is in both the train and the test split")
+@asset_check(asset="qrels", blocking=True,
+             description="no test query is also in the train or the dev split")
 def qrels_no_split_leak(warehouse: Warehouse) -> AssetCheckResult:
     qrels = warehouse.table("qrels")
-    leaked = split_overlap(qrels, "train", "test")
-    return _result(leaked, AssetCheckSeverity.ERROR, "queries in train and test", qrels["query_id"].n_unique())
+    leaked = split_overlap(qrels, "train", "test") + split_overlap(qrels, "dev", "test")
+    return _result(list(dict.fromkeys(leaked)), AssetCheckSeverity.ERROR,
+                   "queries in test and in train or dev", qrels["query_id"].n_unique())
 
 
 DATA_CHECKS = [

@@ -15,7 +15,7 @@ from dagster import (
     asset_check,
 )
 
-from jrr_pipeline.assets.common import DEVICE_POOL, WAREHOUSE_POOL, stage_config
+from jrr_pipeline.assets.common import DEVICE_POOL, WAREHOUSE_POOL, manifest, stage_config
 from jrr_pipeline.ml.inference import autocast_dtype, encode_queries, load_retriever
 from jrr_pipeline.ml.settings import Settings
 from jrr_pipeline.resources import ArtifactStore, Compute, DatasetSource, Warehouse
@@ -59,6 +59,7 @@ def build_negatives_assets(settings: dict[str, Settings]) -> list:
             "path": MetadataValue.path(str(path)),
             "num_docs": index.num_docs,
             "seconds": round(seconds, 3),
+            **manifest(path),
         })
 
     @asset(
@@ -183,10 +184,11 @@ def _dense_negatives(context, config, warehouse, artifacts, dataset, compute) ->
         "search_queries_per_second": round(len(query_ids) / max(search_s, 1e-9), 1),
         "index_path": MetadataValue.path(str(artifacts.path(name, WARMUP_INDEX))),
         "factory": config.factory,
+        **manifest(artifacts.path(name, WARMUP_INDEX)),
     })
 
 
-@asset_check(asset="bm25_negatives", additional_deps=["qrels"],
+@asset_check(asset="bm25_negatives", additional_deps=["qrels"], blocking=True,
              description="no labelled positive of a query appears among its negatives")
 def negatives_exclude_positives(warehouse: Warehouse) -> AssetCheckResult:
     leaked = warehouse.query(

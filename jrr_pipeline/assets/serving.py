@@ -13,7 +13,7 @@ from dagster import (
     asset_check,
 )
 
-from jrr_pipeline.assets.common import DEVICE_POOL, stage_config
+from jrr_pipeline.assets.common import DEVICE_POOL, manifest, stage_config
 from jrr_pipeline.ml.inference import autocast_dtype, load_retriever
 from jrr_pipeline.ml.settings import Settings
 from jrr_pipeline.resources import ArtifactStore, Compute, DatasetSource, Warehouse
@@ -62,6 +62,7 @@ def build_serving_assets(settings: dict[str, Settings]) -> list:
             "encode_seconds": round(encode_s, 1),
             "passages_per_second": round(corpus.height / max(encode_s, 1e-9), 1),
             "passage_max_length": retriever.config.passage_max_length,
+            **manifest(artifacts.path(name, "faiss_index")),
         })
 
     return [faiss_index]

@@ -6,6 +6,7 @@ from jrr_pipeline.assets.common import (
     DEVICE_POOL,
     dagster_tags,
     log_params,
+    manifest,
     registered_model_name,
     run_training,
     stage_config,
@@ -64,6 +65,7 @@ def _train_asset(context, asset_name, settings, warehouse, artifacts, dataset, c
         "bf16": result.get("bf16", False),
         "world_size": result.get("world_size", 1),
         "resumed_from_step": result.get("resumed_from_step") or 0,
+        **manifest(output),
     })
 
 

@@ -3,21 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
 from pathlib import Path
 
+from jrr_pipeline.ml.settings.base import shown
 from jrr_pipeline.resources.home import configure_environment, jrr_home
 from jrr_pipeline.resources.locks import ResourceBusyError
-from jrr_pipeline.settings import PRESET_NAMES, load_settings, merge_settings, parse_assignments
+from jrr_pipeline.settings import PRESET_NAMES, user_settings
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``jrr`` command; returns the exit status: 0 done, 1 the data, the state or a run
+    failed, 2 the command line, the settings or the environment are wrong. Errors are one line
+    (``jrr: error: ...``) unless ``--verbose``."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", action="store_true",
+                        help="log Dagster's full events and show stack traces of errors")
     parser = argparse.ArgumentParser(prog="jrr", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    add_parser = functools.partial(sub.add_parser, parents=[common])
 
-    run = sub.add_parser("run", help="materialize the asset graph for one dataset (stale stages only)")
+    run = add_parser("run", help="materialize the asset graph for one dataset (stale stages only)")
     run.add_argument("data_dir", help="dataset directory (BEIR, MS MARCO TSV or CSV/Parquet layout)")
     run.add_argument("--preset", choices=PRESET_NAMES, default="cpu", help="config defaults (default: cpu)")
     run.add_argument("--select", default="*", help="Dagster asset selection, e.g. 'bm25_negatives+'")
@@ -33,30 +42,30 @@ def main(argv: list[str] | None = None) -> int:
                      help="override one setting (repeatable), e.g. warmup_reranker.lr=3e-5; "
                           "applied over $JRR_SETTINGS (a TOML file) and the preset")
 
-    show = sub.add_parser("settings", help="print the resolved settings as TOML (what a preset "
+    show = add_parser("settings", help="print the resolved settings as TOML (what a preset "
                                            "means; the format JRR_SETTINGS reads)")
     show.add_argument("--preset", choices=PRESET_NAMES, default="cpu",
                       help="preset (default: cpu)")
     show.add_argument("--set", action="append", default=[], metavar="STAGE.FIELD=VALUE",
                       help="override one setting (repeatable), as for `jrr run`")
 
-    report = sub.add_parser("report", help="print the latest evaluation table")
+    report = add_parser("report", help="print the latest evaluation table")
     report.add_argument("--dataset", default=None, help="dataset name (default: the latest report)")
     report.add_argument("--json", action="store_true", help="print the raw evaluation.json")
     report.add_argument("--history", action="store_true",
                         help="every stored evaluation of --measure over time, plotted to a PNG")
     report.add_argument("--measure", default="nDCG@10", help="measure for --history")
 
-    lineage = sub.add_parser("lineage", help="registered model -> training run -> inputs -> data files")
+    lineage = add_parser("lineage", help="registered model -> training run -> inputs -> data files")
     lineage.add_argument("model", help="MODEL_NAME[:VERSION], e.g. jrr-scifact-warmup_retriever:2")
     lineage.add_argument("--tracking-uri", default="",
                          help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the embedded store)")
 
-    cands = sub.add_parser("candidates", help="a query's denoised candidate list, to judge by eye")
+    cands = add_parser("candidates", help="a query's denoised candidate list, to judge by eye")
     cands.add_argument("query_id", help="a train query id (see the candidates table)")
     cands.add_argument("--width", type=int, default=90, help="characters of passage text shown")
 
-    find = sub.add_parser("search", help="answer queries from the latest index (optionally reranked)")
+    find = add_parser("search", help="answer queries from the latest index (optionally reranked)")
     find.add_argument("queries", nargs="+", help="query texts (models load once for all of them)")
     find.add_argument("--dataset", default=None, help="dataset name (default: the latest report's)")
     find.add_argument("--k", type=int, default=10, help="hits per query (default 10)")
@@ -64,38 +73,58 @@ def main(argv: list[str] | None = None) -> int:
     find.add_argument("--depth", type=int, default=20, help="candidates reranked (default 20)")
     find.add_argument("--json", action="store_true", help="print hits and timings as JSON lines")
 
-    ui = sub.add_parser("ui", help="Dagster webserver + daemon on 127.0.0.1 (Ctrl-C stops both)")
+    ui = add_parser("ui", help="Dagster webserver + daemon on 127.0.0.1 (Ctrl-C stops both)")
     ui.add_argument("data_dir", help="dataset directory the code location materializes")
     ui.add_argument("--preset", choices=PRESET_NAMES, default="cpu", help="config defaults (default: cpu)")
     ui.add_argument("--port", type=int, default=3000, help="port (default 3000)")
 
-    server = sub.add_parser("mlflow", help="MLflow server on 127.0.0.1 over the project's store")
+    server = add_parser("mlflow", help="MLflow server on 127.0.0.1 over the project's store")
     server.add_argument("--port", type=int, default=5000, help="port (default 5000)")
 
     args = parser.parse_args(argv)
-    configure_environment()
+    try:
+        configure_environment()
+    except OSError as err:
+        return fail(environment_problem(err), 2)
     from jrr_pipeline.dagster_compat import quiet_dagster_previews
+    from jrr_pipeline.ml.data.errors import DataFormatError
+    from jrr_pipeline.resources.warehouse import WarehouseError
 
     quiet_dagster_previews()
+    commands = {"run": cmd_run, "settings": cmd_settings, "lineage": cmd_lineage,
+                "search": cmd_search, "candidates": cmd_candidates, "ui": cmd_ui,
+                "mlflow": cmd_mlflow, "report": cmd_report}
     try:
-        if args.command == "run":
-            return cmd_run(args)
-        if args.command == "settings":
-            return cmd_settings(args)
-        if args.command == "lineage":
-            return cmd_lineage(args)
-        if args.command == "search":
-            return cmd_search(args)
-        if args.command == "candidates":
-            return cmd_candidates(args)
-        if args.command == "ui":
-            return cmd_ui(args)
-        if args.command == "mlflow":
-            return cmd_mlflow(args)
-        return cmd_report(args)
-    except (FileNotFoundError, ValueError, ResourceBusyError) as err:
-        print(f"jrr: error: {err}", file=sys.stderr)
-        return 2
+        return commands[args.command](args)
+    except DataFormatError as err:  # bad data: the run did not start, nothing was written
+        return fail(str(err), 1)
+    except (WarehouseError, ResourceBusyError) as err:
+        return fail(str(err), 1)
+    except (FileNotFoundError, ValueError) as err:
+        return fail(str(err), 2)
+    except Exception as err:
+        if args.verbose:
+            raise
+        first = (str(err).strip().split("\n", 1)[0] or "no message")
+        return fail(f"{type(err).__name__}: {shown(first).strip(chr(39))} (jrr {args.command} "
+                    f"--verbose shows the stack trace)", 1)
+
+
+def fail(message: str, status: int) -> int:
+    """Print the one error line (the last line of the output) and return the exit status."""
+    print(f"jrr: error: {message}", file=sys.stderr)
+    return status
+
+
+def environment_problem(err: OSError) -> str:
+    """One line for a JRR_HOME (or DAGSTER_HOME) that cannot be used as a directory."""
+    import os
+
+    name = next((n for n in ("JRR_HOME", "DAGSTER_HOME") if os.environ.get(n)
+                 and err.filename and str(err.filename).startswith(os.environ[n])), "JRR_HOME")
+    why = "exists and is not a directory" if isinstance(err, FileExistsError) else err.strerror
+    return (f"{name}={os.environ.get(name, '.jrr')}: {err.filename}: {why}; point {name} at a "
+            f"directory jrr may create and write")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -105,20 +134,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not data_dir.is_dir():
         raise FileNotFoundError(f"{data_dir}: no such dataset directory")
     started = time.perf_counter()
-    settings = merge_settings(load_settings(), parse_assignments(args.set))
+    settings = user_settings(args.set, args.preset)
     outcome = run_pipeline(str(data_dir), preset=args.preset, select=args.select,
                            stale_only=args.stale_only, dataset_name=args.name,
                            echo=None if args.quiet else print, settings=settings,
-                           dry_run=args.dry_run)
+                           dry_run=args.dry_run, verbose=args.verbose)
+    for asset, why in outcome.lost.items() if args.quiet else ():  # else said as found
+        print(f"{asset}: {why}: rebuilt")
     if args.dry_run:
         print(f"stale or missing: {', '.join(outcome.stale) or 'nothing'}")
         print(f"downstream (re-run when their inputs change): {', '.join(outcome.downstream) or 'nothing'}")
         print(f"fresh: {', '.join(outcome.fresh) or 'nothing'}")
         return 0
     seconds = time.perf_counter() - started
+    for report in outcome.check_reports.values():
+        if not report.passed:
+            print(report.line(), file=sys.stderr if report.blocking else sys.stdout)
     if not outcome.success:
-        print(f"jrr: run {outcome.run_id} failed after {seconds:.1f}s: {outcome.failure}", file=sys.stderr)
-        return 1
+        if outcome.materialized:
+            print(f"materialized before the failure: {', '.join(outcome.materialized)}")
+        return fail(f"{outcome.failure} (run {outcome.run_id}, failed after {seconds:.1f}s)", 1)
     if not outcome.materialized:
         print(f"nothing stale: {len(outcome.fresh)} assets up to date ({seconds:.1f}s)")
     else:
@@ -134,7 +169,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_settings(args: argparse.Namespace) -> int:
     from jrr_pipeline.settings import resolve_settings, to_toml
 
-    user = merge_settings(load_settings(), parse_assignments(args.set))
+    user = user_settings(args.set, args.preset)
     print(to_toml(resolve_settings(args.preset, user), args.preset, user), end="")
     return 0
 

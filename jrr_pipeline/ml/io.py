@@ -9,6 +9,7 @@ new in); between them only the hidden ``.<name>.old-*`` sibling holds the previo
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -98,3 +99,13 @@ def previous_versions(directory: str | os.PathLike[str]) -> list[Path]:
     """Copies of ``directory`` that a crash between the two renames of a swap left aside."""
     target = Path(directory)
     return sorted(target.parent.glob(f".{target.name}.old-*"))
+
+
+def directory_manifest(directory: str | os.PathLike[str]) -> str:
+    """A checksum of a folder's listing: every file's relative path and size (contents are not
+    read, so it is cheap for checkpoints). A deleted, added or truncated file changes it."""
+    root = Path(directory)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(f"{path.relative_to(root).as_posix()}\t{path.stat().st_size}\n".encode())
+    return digest.hexdigest()[:16]

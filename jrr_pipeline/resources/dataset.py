@@ -18,10 +18,12 @@ def files_digest(hashes: dict[str, str]) -> str:
 class DatasetSource(ConfigurableResource):
     data_dir: str = Field(default="", description="Dataset directory (jrr run DATA_DIR or $JRR_DATA_DIR)")
     name: str = Field(default="", description="Dataset name; empty means the directory's name")
-    format: str = Field(default="auto", description="auto | beir | msmarco | tabular")
+    format: str = Field(default="auto", description="auto | beir | msmarco | tabular "
+                                                    "(the `dataset.format` setting)")
     columns: dict[str, str] = Field(
         default_factory=dict,
-        description="CSV/Parquet column mapping, e.g. {'doc_id': 'id', 'text': 'body'}",
+        description="CSV/TSV/Parquet column mapping, e.g. {'doc_id': 'id', 'text': 'body'} (the "
+                    "`dataset.columns` setting)",
     )
 
     @property
@@ -36,6 +38,19 @@ class DatasetSource(ConfigurableResource):
     def dataset_name(self) -> str:
         return self.name or self.directory.name
 
+    def column_mapping(self):
+        """The ``columns`` as a ``ColumnMapping`` (None: the default column names)."""
+        from jrr_pipeline.ml.data import ColumnMapping
+
+        return ColumnMapping.from_settings(self.columns) if self.columns else None
+
+    def check(self) -> list[Path]:
+        """The checks that read no rows (layout, files, column mapping against the headers);
+        returns the files."""
+        from jrr_pipeline.ml.data import check_dataset
+
+        return check_dataset(self.directory, self.format, self.column_mapping())
+
     def files(self) -> list[Path]:
         from jrr_pipeline.ml.data import dataset_files
 
@@ -46,10 +61,10 @@ class DatasetSource(ConfigurableResource):
         return {str(p.relative_to(self.directory)): file_sha256(p) for p in self.files()}
 
     def load(self):
-        from jrr_pipeline.ml.data import ColumnMapping, load_dataset
+        from jrr_pipeline.ml.data import load_dataset
 
-        mapping = ColumnMapping(**self.columns) if self.columns else None
-        return load_dataset(self.directory, fmt=self.format, name=self.dataset_name, columns=mapping)
+        return load_dataset(self.directory, fmt=self.format, name=self.dataset_name,
+                            columns=self.column_mapping())
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:

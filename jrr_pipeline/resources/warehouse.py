@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +26,28 @@ SCHEMAS: dict[str, str] = {
         "value DOUBLE, created_at TIMESTAMP"
     ),
 }
+
+
+class WarehouseError(RuntimeError):
+    """The DuckDB file cannot be opened, read or written; the message says how to recover."""
+
+
+def warehouse_error(file: Path, err: duckdb.Error) -> WarehouseError:
+    """One line for a DuckDB I/O error: a corrupted file, a write that found no space, ..."""
+    detail = str(err).strip().split("\n", 1)[0].removeprefix("IO Error: ")
+    broken = {"not a valid DuckDB database file": "not a DuckDB database file",
+              "Corrupt database file": "corrupted DuckDB file (a block checksum does not match)"}
+    for found, what in broken.items():
+        if found in detail:
+            return WarehouseError(
+                f"{file}: {what}; move it aside (mv {file} {file}.broken) and run `jrr run` "
+                f"again: it rebuilds the tables from the dataset")
+    for why in ("File too large", "No space left on device", "Disk quota exceeded"):
+        if why in detail:
+            return WarehouseError(
+                f"{file}: could not write the tables ({why}); the previous tables are "
+                f"unchanged; free space or raise the file-size limit, then run `jrr run` again")
+    return WarehouseError(f"{file}: {detail}")
 
 
 class Warehouse(ConfigurableResource):
@@ -56,37 +79,30 @@ class Warehouse(ConfigurableResource):
             raise FileNotFoundError(f"{self.file}: no warehouse yet; materialize the data assets first")
         timeout = None if self.lock_timeout_s < 0 else self.lock_timeout_s
         with exclusive(self.lock_file, f"DuckDB warehouse {self.file}", timeout, owner="warehouse"):
-            con = duckdb.connect(str(self.file), read_only=read_only)
+            try:
+                con = duckdb.connect(str(self.file), read_only=read_only)
+            except duckdb.Error as err:
+                raise warehouse_error(self.file, err) from None
             try:
                 yield con
+            except (duckdb.IOException, duckdb.TransactionException) as err:
+                raise warehouse_error(self.file, err) from None
             finally:
                 con.close()
 
     def replace_tables(self, frames: Mapping[str, pl.DataFrame]) -> None:
         """Replace whole tables atomically: all of them or none (one transaction)."""
-        with self.connect() as con:
-            con.begin()
-            try:
-                for name, frame in frames.items():
-                    _create(con, name, replace=True)
-                    _insert(con, name, frame)
-                con.commit()
-            except BaseException:
-                con.rollback()
-                raise
+        with self.connect() as con, _transaction(con):
+            for name, frame in frames.items():
+                _create(con, name, replace=True)
+                _insert(con, name, frame)
 
     def replace_where(self, table: str, where: str, params: list, frame: pl.DataFrame) -> None:
         """Delete the rows matching ``where`` and insert ``frame`` in one transaction."""
-        with self.connect() as con:
-            con.begin()
-            try:
-                _create(con, table, replace=False)
-                con.execute(f"DELETE FROM {table} WHERE {where}", params)
-                _insert(con, table, frame)
-                con.commit()
-            except BaseException:
-                con.rollback()
-                raise
+        with self.connect() as con, _transaction(con):
+            _create(con, table, replace=False)
+            con.execute(f"DELETE FROM {table} WHERE {where}", params)
+            _insert(con, table, frame)
 
     def append(self, table: str, frame: pl.DataFrame) -> None:
         self.replace_where(table, "false", [], frame)
@@ -106,6 +122,20 @@ class Warehouse(ConfigurableResource):
         sql = "SELECT count(*) FROM information_schema.tables WHERE table_name = ?"
         with self.connect(read_only=True) as con:
             return con.execute(sql, [name]).fetchone()[0] > 0
+
+
+@contextmanager
+def _transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """Commit the block's writes, or roll them back (a commit that failed has nothing left to
+    roll back)."""
+    con.begin()
+    try:
+        yield
+        con.commit()
+    except BaseException:
+        with contextlib.suppress(duckdb.Error):
+            con.rollback()
+        raise
 
 
 def _create(con: duckdb.DuckDBPyConnection, name: str, replace: bool) -> None:

@@ -5,7 +5,7 @@ validation helpers on the stored tables.
 """
 
 from .errors import DataFormatError
-from .loader import Dataset, dataset_files, detect_format, load_dataset
+from .loader import Dataset, check_dataset, dataset_files, detect_format, load_dataset
 from .tabular import ColumnMapping
 from .validation import duplicate_ids, empty_texts, split_overlap, unresolved_qrels
 
@@ -13,6 +13,7 @@ __all__ = [
     "ColumnMapping",
     "DataFormatError",
     "Dataset",
+    "check_dataset",
     "dataset_files",
     "detect_format",
     "duplicate_ids",

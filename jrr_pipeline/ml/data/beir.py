@@ -7,6 +7,7 @@ from pathlib import Path
 
 import polars as pl
 
+from ..settings.base import shown
 from .errors import DataFormatError
 from .integrity import FieldNames, RawTables
 from .textio import (
@@ -38,7 +39,8 @@ def qrels_files(data_dir: Path) -> list[tuple[Path, str]]:
         if split is None:
             raise DataFormatError(
                 path, None, None,
-                f"unknown split {path.stem!r}; name qrels files train, dev (or validation), test",
+                f"unknown split {shown(path.stem)}; name qrels files train, dev (or validation), "
+                f"test",
             )
         found.append((path, split))
     if not found:
@@ -58,7 +60,7 @@ def _json_id(obj: dict, path: Path, number: int) -> str:
         raise DataFormatError(path, number, "_id", "missing field")
     value = obj["_id"]
     if isinstance(value, bool) or not isinstance(value, str | int):
-        raise DataFormatError(path, number, "_id", f"id must be a string or integer, got {value!r}")
+        raise DataFormatError(path, number, "_id", f"id must be a string or integer, got {shown(value)}")
     text = str(value).strip()
     if not text:
         raise DataFormatError(path, number, "_id", "empty id")
@@ -77,6 +79,33 @@ def _json_text(obj: dict, key: str, path: Path, number: int, required: bool) -> 
     return value
 
 
+def _json_lines_hint(line: str) -> str:
+    """A hint when a line looks like part of a pretty-printed JSON file, not JSON lines."""
+    start = line.lstrip()[:1]
+    if start == "[":
+        return ("; the file holds a JSON array, but JSON lines are expected (one object per "
+                "line: jq -c '.[]' in.json > out.jsonl)")
+    if line.strip() in ("{", "}") or start in ('"', "}"):
+        return ("; this looks like pretty-printed JSON, but JSON lines are expected (one object "
+                "per line: jq -c . in.json > out.jsonl)")
+    return ""
+
+
+def _check_unicode(obj: dict, keys: tuple[str, ...], path: Path, number: int) -> None:
+    """Raise at a text field holding a lone surrogate (valid JSON, but not valid Unicode)."""
+    for key in keys:
+        value = obj.get(key)
+        if not isinstance(value, str):
+            continue
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise DataFormatError(
+                path, number, key,
+                f"lone surrogate \\u{ord(value[exc.start]):04x} at character {exc.start + 1}: "
+                f"a \\u escape of half a UTF-16 pair is not valid Unicode") from None
+
+
 def read_jsonl(path: Path, id_column: str, with_title: bool, progress: bool = False) -> pl.DataFrame:
     """Read BEIR JSON lines into ``[id_column, (title,) text, _line]``; extra keys are ignored."""
     schema = {id_column: pl.String}
@@ -91,11 +120,14 @@ def read_jsonl(path: Path, id_column: str, with_title: bool, progress: bool = Fa
         try:
             obj = decode(line)
         except json.JSONDecodeError as exc:
-            raise DataFormatError(
-                path, number, None, f"malformed JSON: {exc.msg} (column {exc.colno})"
-            ) from None
+            raise DataFormatError(path, number, None, f"malformed JSON: {exc.msg} (column "
+                                  f"{exc.colno}){_json_lines_hint(line)}") from None
         if type(obj) is not dict:
-            raise DataFormatError(path, number, None, f"expected a JSON object, got {line[:40]!r}")
+            hint = _json_lines_hint(line) if type(obj) is list else ""
+            raise DataFormatError(path, number, None, f"expected a JSON object, got "
+                                  f"{shown(line)}{hint}")
+        if "\\u" in line:  # a JSON escape may encode half a UTF-16 pair
+            _check_unicode(obj, ("_id", "title", "text"), path, number)
         # common case inline (string fields); anything else goes through the checking helpers
         doc_id, text = obj.get("_id"), obj.get("text")
         if type(doc_id) is not str or not doc_id or doc_id[0].isspace() or doc_id[-1].isspace():

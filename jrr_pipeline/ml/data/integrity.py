@@ -13,6 +13,7 @@ from pathlib import Path
 
 import polars as pl
 
+from ..settings.base import shown
 from .errors import DataFormatError
 
 
@@ -95,10 +96,11 @@ def unique_ids(
         row = bad.row(0, named=True)
         if row["_kf"] > 0:
             first = where(files, row["_src"], row["_fline_same"])
-            problem = f"duplicate id {row[id_col]!r} (first seen at {first})"
+            problem = f"duplicate id {shown(row[id_col])} (first seen at {first})"
         else:
             first = _first_seen(files, row["_fsrc"], row["_src"], row["_fline"])
-            problem = f"duplicate id {row[id_col]!r} with a different text (first seen at {first})"
+            problem = (f"duplicate id {shown(row[id_col])} with a different text (first seen at "
+                       f"{first})")
         raise located_error(files, row["_src"], row["_line"], field, problem)
     return df.filter(key.is_first_distinct())
 
@@ -124,10 +126,10 @@ def check_qrels(
         known_query = queries["query_id"].eq(row["query_id"]).any()
         if not known_query:
             field = fields.qrels_query_id
-            problem = f"unknown query id {row['query_id']!r} (not among the queries)"
+            problem = f"unknown query id {shown(row['query_id'])} (not among the queries)"
         else:
             field = fields.qrels_doc_id
-            problem = f"unknown doc id {row['doc_id']!r} (not in the corpus)"
+            problem = f"unknown doc id {shown(row['doc_id'])} (not in the corpus)"
         raise located_error(files, row["_src"], row["_line"], field, problem)
 
     keys = ["query_id", "doc_id", "split"]
@@ -144,7 +146,24 @@ def check_qrels(
         first = _first_seen(files, row["_fsrc"], row["_src"], row["_fline"])
         raise located_error(
             files, row["_src"], row["_line"], fields.relevance,
-            f"conflicting relevance {row['relevance']} for query {row['query_id']!r} and doc "
-            f"{row['doc_id']!r} in split {row['split']!r} ({row['_frel']} at {first})",
+            f"conflicting relevance {row['relevance']} for query {shown(row['query_id'])} and doc "
+            f"{shown(row['doc_id'])} in split {row['split']!r} ({row['_frel']} at {first})",
         )
     return qrels.filter(pair.is_first_distinct())
+
+
+def check_split_leak(qrels: pl.DataFrame, fields: FieldNames, files: list[Path]) -> None:
+    """Raise at the first test row whose query also has train or dev qrels: the models would be
+    trained (or selected) on a query they are then tested on."""
+    seen = qrels.filter(pl.col("split") != "test").group_by("query_id", maintain_order=True).agg(
+        pl.col("split").first().alias("_fsplit"), pl.col("_src").first().alias("_fsrc"),
+        pl.col("_line").first().alias("_fline"))
+    leaked = qrels.filter(pl.col("split") == "test").join(seen, on="query_id")
+    if leaked.height == 0:
+        return
+    row = leaked.sort("_src", "_line").row(0, named=True)
+    first = _first_seen(files, row["_fsrc"], row["_src"], row["_fline"])
+    raise located_error(
+        files, row["_src"], row["_line"], fields.qrels_query_id,
+        f"query {shown(row['query_id'])} is in the test split and in {row['_fsplit']} (at "
+        f"{first}): a query may be in train or dev, or in test, never both")

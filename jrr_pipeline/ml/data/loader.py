@@ -10,16 +10,17 @@ import polars as pl
 
 from .beir import beir_files, read_beir
 from .errors import DataFormatError
-from .integrity import RawTables, check_qrels, unique_ids
+from .integrity import RawTables, check_qrels, check_split_leak, unique_ids
 from .msmarco import msmarco_files, read_msmarco
-from .tabular import ColumnMapping, read_tabular, tabular_files
+from .tabular import ColumnMapping, check_tabular_headers, read_tabular, tabular_files
+from .textio import not_a_file
 
 Format = Literal["beir", "msmarco", "tabular"]
 FORMATS: tuple[Format, ...] = ("beir", "msmarco", "tabular")
 _MARKERS: dict[Format, tuple[str, ...]] = {
     "beir": ("corpus.jsonl",),
     "msmarco": ("collection.tsv",),
-    "tabular": ("corpus.csv", "corpus.parquet"),
+    "tabular": ("corpus.csv", "corpus.tsv", "corpus.parquet"),
 }
 
 
@@ -59,9 +60,12 @@ def detect_format(data_dir: str | Path) -> Format:
     found = [fmt for fmt, names in _MARKERS.items() if any((path / n).is_file() for n in names)]
     if len(found) == 1:
         return found[0]
+    for marker in (path / n for names in _MARKERS.values() for n in names):
+        if (marker.is_symlink() or marker.exists()) and not marker.is_file():
+            raise DataFormatError(marker, None, None, f"corpus file {not_a_file(marker)}")
     if not found:
         problem = ("cannot detect the format: expected corpus.jsonl (BEIR), collection.tsv "
-                   "(MS MARCO) or corpus.csv / corpus.parquet (tabular)")
+                   "(MS MARCO) or corpus.csv / .tsv / .parquet (tabular)")
     else:
         problem = f"ambiguous format ({' and '.join(found)} files present); pass fmt explicitly"
     raise DataFormatError(path, None, None, problem)
@@ -87,6 +91,23 @@ def dataset_files(data_dir: str | Path, fmt: str = "auto") -> list[Path]:
     return listing(path)
 
 
+def check_dataset(data_dir: str | Path, fmt: str = "auto",
+                  columns: ColumnMapping | None = None) -> list[Path]:
+    """What can be checked without reading rows: the layout, the files and, for the tabular
+    layout, the column mapping against each file's header. Returns :func:`dataset_files`."""
+    path, kind = _resolve(data_dir, fmt)
+    _mapping_applies(path, kind, columns)
+    if kind == "tabular":
+        check_tabular_headers(path, columns)
+    return dataset_files(path, kind)
+
+
+def _mapping_applies(path: Path, kind: Format, columns: ColumnMapping | None) -> None:
+    if columns is not None and kind != "tabular":
+        raise DataFormatError(path, None, None, f"dataset.columns maps CSV / TSV / Parquet "
+                              f"columns, but this directory has the {kind} layout (fixed names)")
+
+
 def load_dataset(
     data_dir: str | Path,
     fmt: str = "auto",
@@ -107,6 +128,7 @@ def load_dataset(
         DataFormatError: for any bad input, naming the file, line and field.
     """
     path, kind = _resolve(data_dir, fmt)
+    _mapping_applies(path, kind, columns)
     if kind == "beir":
         raw = read_beir(path, progress)
     elif kind == "msmarco":
@@ -121,6 +143,7 @@ def _finish(raw: RawTables, name: str) -> Dataset:
     corpus = unique_ids(raw.corpus, "doc_id", fields.doc_id, files)
     queries = unique_ids(raw.queries, "query_id", fields.query_id, files, text_col="text")
     qrels = check_qrels(raw.qrels, corpus, queries, fields, files)
+    check_split_leak(qrels, fields, files)
     string = pl.String
     return Dataset(
         name=name,

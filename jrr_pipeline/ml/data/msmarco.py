@@ -11,6 +11,7 @@ from pathlib import Path
 
 import polars as pl
 
+from ..settings.base import shown
 from .errors import DataFormatError
 from .integrity import FieldNames, RawTables
 from .textio import SRC, normalize_split, require_file, split_rank
@@ -54,7 +55,7 @@ def qrels_files(data_dir: Path) -> list[tuple[Path, str]]:
         if split is None:
             raise DataFormatError(
                 path, None, None,
-                f"unknown split {middle!r}; name qrels files qrels.<train|dev|test>[...].tsv",
+                f"unknown split {shown(middle)}; name qrels files qrels.<train|dev|test>[...].tsv",
             )
         found.append((path, split))
     if not found:
@@ -83,7 +84,7 @@ def read_msmarco(data_dir: Path, progress: bool = False) -> RawTables:
         src += 1
     qrels_parts = []
     for path, split in qrels_files(data_dir):
-        frame = read_qrels(path, ("qid", "pid", "rel"), progress)
+        frame = read_qrels(path, ("qid", "pid", "rel"), progress, trec=True)
         qrels_parts.append(
             frame.with_columns(pl.lit(split).alias("split"), pl.lit(src, SRC).alias("_src"))
         )

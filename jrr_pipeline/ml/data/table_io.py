@@ -1,4 +1,4 @@
-"""Column-mapped reading of one CSV or Parquet table into typed polars columns.
+"""Column-mapped reading of one CSV, TSV or Parquet table into typed polars columns.
 
 Each wanted column is a :class:`Spec`: our name, the user's column name, a kind that says
 how to convert and check it, and whether the column may be absent. CSV errors carry the file
@@ -14,12 +14,14 @@ from typing import Literal, NamedTuple
 
 import polars as pl
 
+from ..settings.base import shown
 from .errors import DataFormatError
 from .textio import (
     LINE,
     SPLIT_ALIASES,
     ChunkedColumns,
     decoded_lines,
+    int_problem,
     normalize_split,
     parse_int,
     require_file,
@@ -33,12 +35,14 @@ _CSV_FIELD_LIMIT = 2**31 - 1  # passages can be longer than csv's default 128 Ki
 
 
 class Spec(NamedTuple):
-    """One wanted column: our name, the user's column, its kind, and whether it may be absent."""
+    """One wanted column: our name, the user's column, its kind, whether it may be absent, and
+    the ``dataset.columns`` key that names it."""
 
     name: str
     column: str
     kind: Kind
     optional: bool = False
+    role: str = ""
 
 
 def read_table(path: Path, specs: list[Spec], progress: bool = False) -> pl.DataFrame:
@@ -49,6 +53,14 @@ def read_table(path: Path, specs: list[Spec], progress: bool = False) -> pl.Data
     if path.suffix == ".parquet":
         return _read_parquet(path, specs)
     return _read_csv(path, specs, progress)
+
+
+def read_header(path: Path, specs: list[Spec]) -> list[Spec]:
+    """Check ``specs`` against the header of ``path`` only; returns the present ones."""
+    if path.suffix == ".parquet":
+        return _columns_present(path, list(_parquet_schema(path)), specs, None)
+    reader = _csv_reader(path, progress=False)
+    return _columns_present(path, _csv_header(reader, path), specs, 1)
 
 
 def _convert_text(kind: Kind) -> Callable[[str], str | int | None]:
@@ -65,10 +77,10 @@ def _problem(kind: Kind, value: object) -> str:
     if kind == "id":
         return "empty id"
     if kind == "int":
-        return f"relevance must be an integer, got {value!r}"
+        return int_problem(str(value))
     if kind == "split":
-        return f"unknown split {value!r}; expected one of {sorted(SPLIT_ALIASES)}"
-    return f"invalid value {value!r}"
+        return f"unknown split {shown(value)}; expected one of {sorted(SPLIT_ALIASES)}"
+    return f"invalid value {shown(value)}"
 
 
 def _columns_present(path: Path, header: list[str], specs: list[Spec], line: int | None):
@@ -81,9 +93,9 @@ def _columns_present(path: Path, header: list[str], specs: list[Spec], line: int
         if count == 0:
             if spec.optional:
                 continue
-            raise DataFormatError(
-                path, line, spec.column, f"missing column (the file has: {', '.join(header)})"
-            )
+            raise DataFormatError(path, line, spec.column, f"missing column, the file's header "
+                                  f"has {_listed(header)}; map another one with --set "
+                                  f"dataset.columns.{spec.role or spec.name}=COLUMN")
         present.append(spec)
     return present
 
@@ -99,12 +111,31 @@ def _next_record(reader, path: Path) -> tuple[int, list[str] | None]:
         raise DataFormatError(path, start, None, f"malformed CSV record: {exc}") from None
 
 
-def _read_csv(path: Path, specs: list[Spec], progress: bool) -> pl.DataFrame:
+def _listed(header: list[str]) -> str:
+    """The header's column names for a message, cut to a readable length."""
+    return shown(", ".join(header)).strip("'\"")
+
+
+def _csv_reader(path: Path, progress: bool):
+    """A csv reader over ``path``'s decoded lines: comma separated with quotes, or for a .tsv
+    file tab separated without quoting."""
     csv.field_size_limit(_CSV_FIELD_LIMIT)
-    reader = csv.reader((text for _, text in decoded_lines(path, progress)), strict=True)
+    lines = (text for _, text in decoded_lines(path, progress))
+    if path.suffix == ".tsv":
+        return csv.reader(lines, delimiter="\t", quoting=csv.QUOTE_NONE, strict=True)
+    return csv.reader(lines, strict=True)
+
+
+def _csv_header(reader, path: Path) -> list[str]:
     header = [name.strip() for name in _next_record(reader, path)[1] or []]
     if not any(header):
         raise DataFormatError(path, 1, None, "missing header line")
+    return header
+
+
+def _read_csv(path: Path, specs: list[Spec], progress: bool) -> pl.DataFrame:
+    reader = _csv_reader(path, progress)
+    header = _csv_header(reader, path)
     present = _columns_present(path, header, specs, 1)
     index = [header.index(spec.column) for spec in present]
     convert = [_convert_text(spec.kind) for spec in present]
@@ -200,14 +231,18 @@ def _parquet_ints(dtype: pl.DataType, col: pl.Expr) -> pl.Expr | None:
     return None
 
 
-def _read_parquet(path: Path, specs: list[Spec]) -> pl.DataFrame:
+def _parquet_schema(path: Path) -> dict[str, pl.DataType]:
     require_file(path)
     try:
-        schema = pl.read_parquet_schema(path)
-        present = _columns_present(path, list(schema), specs, None)
+        return pl.read_parquet_schema(path)
+    except Exception as exc:  # polars/arrow raise several types for a corrupt file
+        raise DataFormatError(path, None, None, f"cannot read Parquet file: {exc}") from None
+
+
+def _read_parquet(path: Path, specs: list[Spec]) -> pl.DataFrame:
+    present = _columns_present(path, list(_parquet_schema(path)), specs, None)
+    try:
         frame = pl.read_parquet(path, columns=list(dict.fromkeys(s.column for s in present)))
-    except DataFormatError:
-        raise
     except Exception as exc:  # polars/arrow raise several types for a corrupt file
         raise DataFormatError(path, None, None, f"cannot read Parquet file: {exc}") from None
     if frame.height == 0:

@@ -1,22 +1,24 @@
-"""Tabular layout: corpus, queries and qrels as CSV or Parquet with user-named columns.
+"""Tabular layout: corpus, queries and qrels as CSV, TSV or Parquet with user-named columns.
 
-Qrels are either one ``qrels.{csv,parquet}`` (split from a column, or all "test" when the
+Qrels are either one ``qrels.{csv,tsv,parquet}`` (split from a column, or all "test" when the
 column is absent) or one file per split under ``qrels/`` (split from the file name).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 
+from ..settings.base import shown
 from .errors import DataFormatError
 from .integrity import FieldNames, RawTables
-from .table_io import Spec, read_table
+from .table_io import Spec, read_header, read_table
 from .textio import SRC, normalize_split, split_rank
 
-SUFFIXES = (".csv", ".parquet")
+SUFFIXES = (".csv", ".tsv", ".parquet")
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,15 @@ class ColumnMapping:
     relevance: str = "relevance"
     split: str | None = "split"
 
+    @classmethod
+    def from_settings(cls, columns: dict[str, str]) -> ColumnMapping:
+        """The mapping of ``dataset.columns`` (field -> column; '' = no title / split column)."""
+        return cls(**{role: column or None for role, column in columns.items()})
+
+
+COLUMN_ROLES = tuple(f.name for f in dataclasses.fields(ColumnMapping))
+OPTIONAL_ROLES = ("title", "split")
+
 
 def _one_of(data_dir: Path, stem: str, required: bool = True) -> Path | None:
     found = [data_dir / f"{stem}{suffix}" for suffix in SUFFIXES]
@@ -47,7 +58,7 @@ def _one_of(data_dir: Path, stem: str, required: bool = True) -> Path | None:
                               f"{found[1].name} exist; keep one")
     if not found and required:
         raise DataFormatError(data_dir / f"{stem}.csv", None, None,
-                              f"required file does not exist (nor {stem}.parquet)")
+                              f"required file does not exist (nor {stem}.tsv, {stem}.parquet)")
     return found[0] if found else None
 
 
@@ -64,12 +75,12 @@ def qrels_files(data_dir: Path) -> list[tuple[Path, str | None]]:
     for path in per_split:
         split = normalize_split(path.stem)
         if split is None:
-            raise DataFormatError(path, None, None, f"unknown split {path.stem!r}; name files "
-                                  "qrels/<train|dev|test>.csv or .parquet")
+            raise DataFormatError(path, None, None, f"unknown split {shown(path.stem)}; name files "
+                                  "qrels/<train|dev|test>.csv, .tsv or .parquet")
         found.append((path, split))
     if not found:
         raise DataFormatError(data_dir / "qrels.csv", None, None, "required file does not exist "
-                              "(nor qrels.parquet, nor qrels/<split>.csv or .parquet)")
+                              "(nor qrels.tsv / .parquet, nor qrels/<split>.csv / .tsv / .parquet)")
     return sorted(found, key=lambda item: (split_rank(item[1]), item[0].name))
 
 
@@ -80,31 +91,47 @@ def tabular_files(data_dir: Path) -> list[Path]:
     return [corpus, queries, *(path for path, _ in qrels_files(data_dir))]
 
 
+def file_specs(m: ColumnMapping, split: str | None = None) -> dict[str, list[Spec]]:
+    """The columns wanted from the corpus, the queries and a qrels file (``split`` None: one
+    qrels file for every split, which may hold a split column)."""
+    corpus = [Spec("doc_id", m.doc_id, "id", role="doc_id"),
+              Spec("text", m.text, "text", role="text")]
+    if m.title is not None:
+        corpus.append(Spec("title", m.title, "title", optional=m.title == "title", role="title"))
+    qrels = [Spec("query_id", m.qrels_query_id, "id", role="qrels_query_id"),
+             Spec("doc_id", m.qrels_doc_id, "id", role="qrels_doc_id"),
+             Spec("relevance", m.relevance, "int", role="relevance")]
+    if split is None and m.split is not None:
+        qrels.append(Spec("split", m.split, "split", optional=True, role="split"))
+    return {"corpus": corpus, "qrels": qrels,
+            "queries": [Spec("query_id", m.query_id, "id", role="query_id"),
+                        Spec("text", m.query_text, "text", role="query_text")]}
+
+
+def check_tabular_headers(data_dir: Path, columns: ColumnMapping | None = None) -> None:
+    """Check the column mapping against every file's header (CSV / TSV first line, Parquet
+    schema) without reading rows: a missing column fails before any work starts."""
+    m = columns or ColumnMapping()
+    files = tabular_files(data_dir)
+    read_header(files[0], file_specs(m)["corpus"])
+    read_header(files[1], file_specs(m)["queries"])
+    for path, split in qrels_files(data_dir):
+        read_header(path, file_specs(m, split)["qrels"])
+
+
 def read_tabular(
     data_dir: Path, columns: ColumnMapping | None = None, progress: bool = False
 ) -> RawTables:
     """Read a tabular directory into frames with ``_src``/``_line`` columns."""
     m = columns or ColumnMapping()
     files = tabular_files(data_dir)
-    corpus_specs = [Spec("doc_id", m.doc_id, "id"), Spec("text", m.text, "text")]
-    if m.title is not None:
-        corpus_specs.append(Spec("title", m.title, "title", optional=m.title == "title"))
-    corpus = read_table(files[0], corpus_specs, progress)
+    corpus = read_table(files[0], file_specs(m)["corpus"], progress)
     if "title" not in corpus.columns:
         corpus = corpus.with_columns(pl.lit("").alias("title"))
-    queries = read_table(
-        files[1], [Spec("query_id", m.query_id, "id"), Spec("text", m.query_text, "text")], progress
-    )
+    queries = read_table(files[1], file_specs(m)["queries"], progress)
     parts = []
     for src, (path, split) in enumerate(qrels_files(data_dir), start=2):
-        specs = [
-            Spec("query_id", m.qrels_query_id, "id"),
-            Spec("doc_id", m.qrels_doc_id, "id"),
-            Spec("relevance", m.relevance, "int"),
-        ]
-        if split is None and m.split is not None:
-            specs.append(Spec("split", m.split, "split", optional=True))
-        frame = read_table(path, specs, progress)
+        frame = read_table(path, file_specs(m, split)["qrels"], progress)
         if "split" not in frame.columns:
             frame = frame.with_columns(pl.lit(split or "test").alias("split"))
         parts.append(frame.with_columns(pl.lit(src, SRC).alias("_src")))

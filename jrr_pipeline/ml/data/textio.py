@@ -7,12 +7,15 @@ Python lists only up to ``CHUNK_ROWS`` before being packed into a polars chunk).
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
 from tqdm.auto import tqdm
 
+from ..settings.base import shown
 from .errors import DataFormatError
 
 BOM = b"\xef\xbb\xbf"
@@ -34,9 +37,20 @@ def split_rank(split: str | None) -> int:
 def require_file(path: Path) -> Path:
     """Return ``path`` if it is an existing file, else raise a DataFormatError naming it."""
     if not path.is_file():
-        what = "is not a file" if path.exists() else "does not exist"
-        raise DataFormatError(path, None, None, f"required file {what}")
+        raise DataFormatError(path, None, None, f"required file {not_a_file(path)}")
     return path
+
+
+def not_a_file(path: Path) -> str:
+    """Why ``path`` is not a readable file: missing, a directory, a broken link or a link loop."""
+    if path.is_symlink() and not path.exists():
+        try:
+            path.stat()
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return "is a symbolic link loop"
+        return f"is a broken symbolic link (to {os.readlink(path)})"
+    return "is not a file" if path.exists() else "does not exist"
 
 
 def decoded_lines(path: Path, progress: bool = False) -> Iterator[tuple[int, str]]:
@@ -112,6 +126,15 @@ def parse_int(text: str) -> int | None:
     except ValueError:
         return None
     return value if _INT32_MIN <= value <= _INT32_MAX else None
+
+
+def int_problem(text: str, what: str = "relevance") -> str:
+    """Why ``text`` is not what :func:`parse_int` accepts, in words."""
+    number = text.strip()
+    if number.lstrip("+-").isascii() and number.lstrip("+-").isdigit():
+        number = number if len(number) <= 20 else number[:20] + "..."
+        return f"{what} {number} is out of range (a 32-bit integer, {_INT32_MIN}..{_INT32_MAX})"
+    return f"{what} must be an integer, got {shown(text)}"
 
 
 def normalize_split(name: str) -> str | None:

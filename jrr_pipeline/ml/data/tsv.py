@@ -8,7 +8,7 @@ import polars as pl
 from tqdm.auto import tqdm
 
 from .errors import DataFormatError
-from .textio import BOM, LINE, ChunkedColumns, content_lines, parse_int
+from .textio import BOM, LINE, ChunkedColumns, content_lines, int_problem, parse_int
 
 _BLOCK = 1 << 24  # bytes per read when counting lines and tabs
 # a first line is a header if its relevance is not a number and it names these columns
@@ -101,26 +101,34 @@ def _exact_id_text(
     return buf.finish()
 
 
-def _split_qrels_row(line: str) -> list[str] | None:
-    """Return ``[query, doc, relevance]`` from a 3-column tab row or a TREC 4-column row."""
+def _split_qrels_row(line: str, trec: bool) -> list[str] | None:
+    """``[query, doc, relevance]`` of a 3-column tab row or, when ``trec``, of a TREC row
+    (``query iteration doc relevance``, tab or space separated)."""
     parts = line.split("\t")
     if len(parts) == 3:
         return parts
+    if not trec:
+        return None
     if len(parts) != 4:
-        parts = line.split()  # TREC rows may be space separated, but only in the 4-column form
-    if len(parts) == 4:  # TREC: qid iteration docid rel
-        return [parts[0], parts[2], parts[3]]
-    return None
+        parts = line.split()
+    return [parts[0], parts[2], parts[3]] if len(parts) == 4 else None
+
+
+def _qrels_shape(fields: tuple[str, str, str], trec: bool) -> str:
+    q_field, d_field, r_field = fields
+    plain = f"3 tab-separated columns ({q_field}, {d_field}, {r_field})"
+    return f"{plain} or 4 TREC columns (query, iteration, doc, relevance)" if trec else plain
 
 
 def read_qrels(
-    path: Path, fields: tuple[str, str, str], progress: bool = False
+    path: Path, fields: tuple[str, str, str], progress: bool = False, trec: bool = False
 ) -> pl.DataFrame:
     """Read a qrels file into ``[query_id, doc_id, relevance, _line]``.
 
-    Rows are ``query<TAB>doc<TAB>relevance`` or TREC ``query 0 doc relevance`` (tab or space
-    separated); an optional header line is recognised by its last column name (score,
-    relevance, ...). ``fields`` are the file's names for (query, doc, relevance) used in errors.
+    Rows are ``query<TAB>doc<TAB>relevance`` or, when ``trec`` (MS MARCO), TREC ``query 0 doc
+    relevance`` (tab or space separated), one form per file; an optional header line is
+    recognised by its last column name (score, relevance, ...). ``fields`` are the file's names
+    for (query, doc, relevance) used in errors.
     """
     q_field, d_field, r_field = fields
     buf = ChunkedColumns(
@@ -131,15 +139,15 @@ def read_qrels(
     )
     rows = 0
     first = True
+    form: tuple[int, int] | None = None  # (columns, line) of the first row: one form per file
     for number, line in content_lines(path, progress):
-        parts = _split_qrels_row(line)
+        parts = _split_qrels_row(line, trec)
+        tabbed = line.count("\t") + 1
+        columns = tabbed if tabbed > 1 else len(line.split())
         if parts is None:
-            n = len(line.split("\t"))
-            raise DataFormatError(
-                path, number, None,
-                f"expected 3 tab-separated columns ({q_field}, {d_field}, {r_field}) or 4 "
-                f"TREC columns (query, iteration, doc, relevance), got {n}",
-            )
+            got = f"{tabbed} tab-separated" if tabbed > 1 else f"{columns} space-separated"
+            raise DataFormatError(path, number, None, f"expected "
+                                  f"{_qrels_shape(fields, trec)}, got {got}")
         query_id, doc_id, rel_text = (p.strip() for p in parts)
         relevance = parse_int(rel_text)
         is_header = first and relevance is None and (
@@ -148,10 +156,12 @@ def read_qrels(
         first = False
         if is_header:
             continue
+        form = form or (columns, number)
+        if columns != form[0]:
+            raise DataFormatError(path, number, None, f"{columns} columns, but line {form[1]} "
+                                  f"has {form[0]}: one qrels form per file")
         if relevance is None:
-            raise DataFormatError(
-                path, number, r_field, f"relevance must be an integer, got {rel_text!r}"
-            )
+            raise DataFormatError(path, number, r_field, int_problem(rel_text))
         if not query_id:
             raise DataFormatError(path, number, q_field, "empty id")
         if not doc_id:

@@ -6,7 +6,7 @@ Names load lazily: ``ml.training.config`` builds on ``base`` while ``stages`` bu
 from importlib import import_module
 
 _BASE = {"Settings", "knob"}
-_STAGES = {"STAGES", "BM25IndexSettings", "BM25NegativesSettings", "DenoisedCandidatesSettings",
+_STAGES = {"STAGES", "DatasetSettings", "BM25IndexSettings", "BM25NegativesSettings", "DenoisedCandidatesSettings",
            "DenseNegativesSettings", "EvaluationSettings", "FaissIndexSettings", "JointSettings",
            "WarmupRerankerSettings", "WarmupRetrieverSettings", "WarmupSettings"}
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -38,9 +39,23 @@ def shown(value: Any) -> str:
     return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 3] + "..."
 
 
+def did_you_mean(name: str, known: list[str]) -> str:
+    """`` (did you mean 'lr'?)`` for a near miss, else `` (known: a, b, ...)``."""
+    import difflib
+
+    close = difflib.get_close_matches(name, known, n=1) or [
+        k for k in known if k.startswith(name) or name.startswith(k)]
+    return f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(known)})"
+
+
 def type_name(annotation: Any) -> str:
-    if typing.get_origin(annotation) is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(annotation))
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin in (list, tuple) and args:
+        return f"a list of {type_name(args[0]).removeprefix('one of ')}"
+    if origin is dict and args:
+        return f"a table of {type_name(args[0])} = {type_name(args[1])}"
     return getattr(annotation, "__name__", None) or str(annotation)
 
 
@@ -86,6 +101,8 @@ class Settings:
                                  f"{type_name(hints[f.name])}")
             if hints[f.name] is float and isinstance(value, int):
                 object.__setattr__(self, f.name, float(value))  # 1 -> 1.0, as TOML/JSON may write it
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{self.stage}.{f.name} = {shown(value)}: must be a finite number")
             for bound, limit in f.metadata.get("bounds", {}).items():
                 ok = {"ge": value >= limit, "gt": value > limit, "le": value <= limit,
                       "lt": value < limit}[bound]
@@ -134,8 +151,8 @@ class Settings:
         names = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(data) - set(names))
         if unknown:
-            raise ValueError(f"{prefix}{cls.stage}.{unknown[0]}: unknown setting (known: "
-                             f"{', '.join(names)})")
+            raise ValueError(f"{prefix}{cls.stage}.{unknown[0]}: unknown setting"
+                             f"{did_you_mean(unknown[0], names)}")
         try:
             return cls(**data)
         except ValueError as err:

@@ -9,10 +9,52 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-from jrr_pipeline.ml.settings.base import Settings, knob
+from jrr_pipeline.ml.data.tabular import COLUMN_ROLES, OPTIONAL_ROLES
+from jrr_pipeline.ml.settings.base import Settings, did_you_mean, knob, shown
 from jrr_pipeline.ml.training.config import TrainConfig
 
 BM25_METHODS = Literal["lucene", "robertson", "atire", "bm25l", "bm25+"]
+SPLITS = Literal["train", "dev", "test"]
+FAISS_PROBE_DIM = 5040  # divisible by every small sub-quantizer count, so only the syntax is judged
+
+
+def check_faiss_factory(settings: Settings, name: str = "factory") -> None:
+    """Raise ValueError naming ``STAGE.FIELD`` unless the field is a FAISS index_factory string."""
+    import faiss
+
+    factory = getattr(settings, name)
+    try:
+        faiss.index_factory(FAISS_PROBE_DIM, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError:
+        raise ValueError(f"{settings.stage}.{name} = {shown(factory)}: not a FAISS index_factory "
+                         f"string (e.g. Flat, HNSW32, IVF64,Flat, IVF256,PQ16)") from None
+
+
+@dataclass(frozen=True)
+class DatasetSettings(Settings):
+    """How the dataset directory is read: its layout and, for CSV / TSV / Parquet files, which
+    column of the files holds each field."""
+
+    stage: ClassVar[str] = "dataset"
+
+    format: Literal["auto", "beir", "msmarco", "tabular"] = knob(
+        "auto", "layout: auto (told by the corpus file's name), beir, msmarco or tabular "
+                "(CSV / TSV / Parquet)")
+    columns: dict[str, str] = knob(
+        {}, "tabular layout: field -> the files' column name, e.g. {doc_id = \"id\"}; fields: "
+            + ", ".join(COLUMN_ROLES) + " ('' = no title / split column)")
+
+    def check(self) -> None:
+        for role, column in self.columns.items():
+            if role not in COLUMN_ROLES:
+                raise ValueError(f"{self.stage}.columns.{role}: not a field of the column "
+                                 f"mapping{did_you_mean(role, list(COLUMN_ROLES))}")
+            if not column.strip() and role not in OPTIONAL_ROLES:
+                raise ValueError(f"{self.stage}.columns.{role} = '': needs a column name (only "
+                                 f"{' and '.join(OPTIONAL_ROLES)} may be '' = absent)")
+        if self.columns and self.format in ("beir", "msmarco"):
+            raise ValueError(f"{self.stage}.columns: the {self.format} layout has fixed field "
+                             f"names; a column mapping applies to format = 'tabular' (or 'auto')")
 
 
 @dataclass(frozen=True)
@@ -42,7 +84,7 @@ class BM25NegativesSettings(Settings):
     stage: ClassVar[str] = "bm25_negatives"
 
     top_k: int = knob(100, "BM25 depth mined per training query", ge=1)
-    split: str = knob("train", "qrels split whose queries are mined")
+    split: SPLITS = knob("train", "qrels split whose queries are mined")
     min_negatives: int = knob(10, "queries with fewer negatives than this are counted in the "
                                   "asset's metadata", ge=0)
     threads: int = knob(1, "bm25s search threads", ge=1)
@@ -121,9 +163,12 @@ class DenseNegativesSettings(Settings):
     stage: ClassVar[str] = "dense_negatives"
 
     top_k: int = knob(100, "retriever depth mined per training query", ge=1)
-    split: str = knob("train", "qrels split whose queries are mined")
+    split: SPLITS = knob("train", "qrels split whose queries are mined")
     factory: str = knob("Flat", "FAISS index_factory string (inner product) of the corpus index")
     batch_size: int = knob(64, "passages per encoding batch", ge=1)
+
+    def check(self) -> None:
+        check_faiss_factory(self)
 
 
 @dataclass(frozen=True)
@@ -133,7 +178,7 @@ class DenoisedCandidatesSettings(Settings):
     stage: ClassVar[str] = "denoised_candidates"
 
     top_k: int = knob(30, "top-k of each source (BM25, dense) scored per training query", ge=1)
-    sources: list[str] = knob(["bm25", "dense"], "negatives sources merged")
+    sources: list[Literal["bm25", "dense"]] = knob(["bm25", "dense"], "negatives sources merged")
     tau_neg: float = knob(0.1, "keep a retrieved passage as a negative only if its calibrated "
                                "reranker probability is below this", gt=0, le=1)
     tau_pos: float = knob(0.9, "pseudo positive above this (when promoted)", gt=0, le=1)
@@ -149,6 +194,8 @@ class DenoisedCandidatesSettings(Settings):
     seed: int = knob(42, "seed of the list sampling")
 
     def check(self) -> None:
+        if not self.sources:
+            raise ValueError(f"{self.stage}.sources = []: name at least one of 'bm25', 'dense'")
         if self.tau_pos < self.tau_neg:
             raise ValueError(f"{self.stage}.tau_pos = {self.tau_pos}: must be >= tau_neg "
                              f"({self.tau_neg})")
@@ -230,6 +277,9 @@ class FaissIndexSettings(Settings):
     nprobe: int = knob(16, "nprobe of IVF indexes", ge=1)
     batch_size: int = knob(64, "passages per encoding batch", ge=1)
 
+    def check(self) -> None:
+        check_faiss_factory(self)
+
 
 @dataclass(frozen=True)
 class EvaluationSettings(Settings):
@@ -245,6 +295,6 @@ class EvaluationSettings(Settings):
 
 
 STAGES: dict[str, type[Settings]] = {cls.stage: cls for cls in (
-    BM25IndexSettings, BM25NegativesSettings, WarmupRetrieverSettings, WarmupRerankerSettings,
+    DatasetSettings, BM25IndexSettings, BM25NegativesSettings, WarmupRetrieverSettings, WarmupRerankerSettings,
     DenseNegativesSettings, DenoisedCandidatesSettings, JointSettings, FaissIndexSettings,
     EvaluationSettings)}

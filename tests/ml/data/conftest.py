@@ -20,6 +20,7 @@ QUERIES = [
     {"_id": "q1", "text": "where to drink coffee?"},
     {"_id": 7, "text": "integer query id", "metadata": {}},
     {"_id": "q3", "text": "日本語"},
+    {"_id": "q4", "text": "a train query"},
 ]
 
 
@@ -42,7 +43,7 @@ def beir_dir(tmp_path: Path) -> Path:
     root = tmp_path / "tinybeir"
     write(root / "corpus.jsonl", jsonl(CORPUS))
     write(root / "queries.jsonl", jsonl(QUERIES))
-    write(root / "qrels" / "train.tsv", "query-id\tcorpus-id\tscore\nq1\td1\t2\nq1\t2\t0\n")
+    write(root / "qrels" / "train.tsv", "query-id\tcorpus-id\tscore\nq4\td1\t2\nq4\t2\t0\n")
     write(root / "qrels" / "validation.tsv", "query-id\tcorpus-id\tscore\n7\td3\t1\n")
     write(root / "qrels" / "test.tsv", "query-id\tcorpus-id\tscore\nq3\td4\t1\nq1\td4\t1\n")
     return root

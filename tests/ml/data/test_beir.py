@@ -26,11 +26,11 @@ def test_loads_frames_with_exact_dtypes_and_values(beir_dir: Path) -> None:
         ("d3", "", "Third doc, null title"),
         ("d4", "Graphs", "日本語のテキスト"),
     ]
-    assert ds.queries["query_id"].to_list() == ["q1", "7", "q3"]
+    assert ds.queries["query_id"].to_list() == ["q1", "7", "q3", "q4"]
     # train, then dev (from validation.tsv), then test; graded and zero relevance kept
     assert ds.qrels.rows() == [
-        ("q1", "d1", 2, "train"),
-        ("q1", "2", 0, "train"),
+        ("q4", "d1", 2, "train"),
+        ("q4", "2", 0, "train"),
         ("7", "d3", 1, "dev"),
         ("q3", "d4", 1, "test"),
         ("q1", "d4", 1, "test"),
@@ -101,7 +101,7 @@ def test_duplicate_doc_id_names_the_repeat_and_the_first_line(beir_dir: Path, ra
 
 def test_int_and_string_ids_that_collide_are_duplicates(beir_dir: Path, raises_at) -> None:
     write(beir_dir / "queries.jsonl", jsonl([*QUERIES, {"_id": "7", "text": "again"}]))
-    raises_at(lambda: load_dataset(beir_dir), "queries.jsonl", 4, "_id", "first seen at line 2")
+    raises_at(lambda: load_dataset(beir_dir), "queries.jsonl", len(QUERIES) + 1, "_id", "first seen at line 2")
 
 
 def test_non_utf8_byte_names_line_and_offset(beir_dir: Path, raises_at) -> None:

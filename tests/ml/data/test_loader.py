@@ -67,12 +67,12 @@ def test_dataset_files_does_not_parse_but_checks_presence(tmp_path: Path, raises
     raises_at(lambda: dataset_files(root), "qrels.train.tsv", None, None, "does not exist")
 
 
-def test_unknown_format_and_ignored_mapping(beir_dir: Path) -> None:
+def test_unknown_format_and_misplaced_mapping(beir_dir: Path) -> None:
     with pytest.raises(ValueError, match="unknown dataset format 'xml'"):
         load_dataset(beir_dir, fmt="xml")
-    # a column mapping only concerns the tabular format
-    ds = load_dataset(beir_dir, columns=ColumnMapping(doc_id="nope"))
-    assert ds.corpus.height == 4
+    # a column mapping only concerns the tabular format: elsewhere it is an error, not ignored
+    with pytest.raises(DataFormatError, match="has the beir layout"):
+        load_dataset(beir_dir, columns=ColumnMapping(doc_id="nope"))
 
 
 def test_error_string_attributes_and_pickling() -> None:

@@ -93,11 +93,13 @@ def test_query_id_twice_in_one_file_is_an_error_even_with_same_text(
         ("collection.tsv", "0\tok\n\tmissing id\n", 2, "pid", "empty id"),
         ("collection.tsv", "0\tok\n1\ta\n0\tagain\n", 3, "pid", "duplicate id '0'"),
         ("queries.train.tsv", "100\tq\n101\n", 2, None, "expected 2"),
-        ("qrels.train.tsv", "100 0 0 1\n100 0 0\n", 2, None, "got 1"),
+        ("qrels.train.tsv", "100 0 0 1\n100 0 0\n", 2, None, "got 3 space-separated"),
         ("qrels.train.tsv", "100 0 0 1\n100 0 99 1\n", 2, "pid", "unknown doc id '99'"),
-        ("qrels.train.tsv", "100 0 0 1\n999\t0\t1\n", 2, "qid", "unknown query id '999'"),
+        ("qrels.train.tsv", "100 0 0 1\n999 0 0 1\n", 2, "qid", "unknown query id '999'"),
+        ("qrels.train.tsv", "100 0 0 1\n100\t0\t1\n", 2, None, "but line 1 has 4"),
         ("qrels.train.tsv", "100 0 0 yes\n", 1, "rel", "must be an integer"),
-        ("qrels.train.tsv", "100 0 0 99999999999\n", 1, "rel", "must be an integer"),
+        ("qrels.train.tsv", "100 0 0 99999999999\n", 1, "rel",
+         "relevance 99999999999 is out of range (a 32-bit integer"),
     ],
 )
 def test_bad_rows(

@@ -24,9 +24,9 @@ def csv_dir(tmp_path: Path) -> Path:
     write(root / "corpus.csv",
           'pid,heading,body,extra\n1,Tïtle,"plain, with comma",x\n'
           '2,,"line one\nline two\n""quoted""",y\n3,T3,日本語,z\n')
-    write(root / "queries.csv", "qid,question\nq1,first?\nq2,second?\n")
+    write(root / "queries.csv", "qid,question\nq1,first?\nq2,second?\nq3,third?\n")
     write(root / "qrels.csv", "qid,pid,grade,fold\nq1,1,2,train\nq1,3,0,train\nq2,2,1,validation\n"
-          "q2,3,1,Test\n")
+          "q3,3,1,Test\n")
     return root
 
 
@@ -37,9 +37,9 @@ def test_csv_with_mapping_and_split_column(csv_dir: Path) -> None:
         ("2", "", 'line one\nline two\n"quoted"'),
         ("3", "T3", "日本語"),
     ]
-    assert ds.queries.rows() == [("q1", "first?"), ("q2", "second?")]
+    assert ds.queries.rows() == [("q1", "first?"), ("q2", "second?"), ("q3", "third?")]
     assert ds.qrels.rows() == [
-        ("q1", "1", 2, "train"), ("q1", "3", 0, "train"), ("q2", "2", 1, "dev"), ("q2", "3", 1, "test"),
+        ("q1", "1", 2, "train"), ("q1", "3", 0, "train"), ("q2", "2", 1, "dev"), ("q3", "3", 1, "test"),
     ]
     assert ds.qrels.schema["relevance"] == pl.Int32
 
