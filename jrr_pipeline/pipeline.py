@@ -27,7 +27,7 @@ def build_resources(data_dir: str | None = None, dataset_name: str = "") -> dict
         "warehouse": Warehouse(path=os.environ.get("JRR_WAREHOUSE", "")),
         "artifacts": ArtifactStore(),
         "mlflow_tracking": MLflowTracking(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", "")),
-        "compute": Compute(),
+        "compute": Compute.from_env(),  # JRR_NPROC, JRR_NNODES, JRR_NODE_RANK, JRR_RDZV_ENDPOINT
     }
 
 
