@@ -40,6 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     show.add_argument("--set", action="append", default=[], metavar="STAGE.FIELD=VALUE",
                       help="override one setting (repeatable), as for `jrr run`")
 
+    doctor = sub.add_parser("doctor", help="which stores (Dagster, MLflow, DuckDB, artifacts), "
+                                           "executor and training launch are in use")
+    doctor.add_argument("--check", action="store_true",
+                        help="also connect to the Dagster and MLflow stores (exit 1 on failure)")
+
     report = sub.add_parser("report", help="print the latest evaluation table")
     report.add_argument("--dataset", default=None, help="dataset name (default: the latest report)")
     report.add_argument("--json", action="store_true", help="print the raw evaluation.json")
@@ -92,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_ui(args)
         if args.command == "mlflow":
             return cmd_mlflow(args)
+        if args.command == "doctor":
+            return cmd_doctor(args)
         return cmd_report(args)
     except (FileNotFoundError, ValueError, ResourceBusyError) as err:
         print(f"jrr: error: {err}", file=sys.stderr)
@@ -210,19 +217,26 @@ def cmd_mlflow(args: argparse.Namespace) -> int:
 
 
 def cmd_lineage(args: argparse.Namespace) -> int:
-    import os
-
     from dagster import DagsterInstance
 
     from jrr_pipeline.ops.lineage import model_lineage
     from jrr_pipeline.resources import MLflowTracking
 
-    uri = args.tracking_uri or MLflowTracking(
-        tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", "")).resolved_uri()
+    uri = args.tracking_uri or MLflowTracking().resolved_uri()
     with DagsterInstance.get() as instance:
         tree = model_lineage(args.model, uri, instance)
     print("\n".join(tree.render()))
     return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from jrr_pipeline.ops.doctor import inspect_environment, render, run_checks
+
+    lines = inspect_environment()
+    if args.check:
+        lines = run_checks(lines)
+    print(render(lines))
+    return 0 if all(line.ok for line in lines) else 1
 
 
 def cmd_report(args: argparse.Namespace) -> int:
