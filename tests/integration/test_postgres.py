@@ -28,6 +28,7 @@ from tests.integration.postgres import Cluster, postgres_cluster
 pytestmark = pytest.mark.integration
 
 JRR = str(Path(sys.executable).parent / "jrr")
+REPO = Path(__file__).resolve().parents[2]
 ASSETS = {"corpus", "queries", "qrels", "bm25_index", "bm25_negatives", "warmup_retriever",
           "warmup_reranker", "dense_negatives", "denoised_candidates", "joint_retriever",
           "joint_reranker", "faiss_index", "evaluation_report"}
@@ -165,6 +166,28 @@ def test_doctor_names_the_postgres_stores(team: Team, graph: dict):
     assert "search_path%3Dmlflow" in lines["mlflow backend"]
     assert "ok: 5 runs, 4 registered models" in lines["mlflow backend"]
     assert "[JRR_POSTGRES_URL]" in lines["mlflow backend"]
+
+
+def test_deploy_instance_config_opens_on_postgres(team: Team, graph: dict, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch):
+    """deploy/dagster.yaml's storage and concurrency (not its Docker run launcher, which needs
+    dagster-docker and a Docker engine) open the same PostgreSQL instance jrr wrote to."""
+    import yaml
+    from dagster import DagsterInstance
+
+    config = yaml.safe_load((REPO / "deploy" / "dagster.yaml").read_text())
+    assert config.pop("run_launcher")["class"] == "DockerRunLauncher"
+    config["storage"]["postgres"]["postgres_db"]["port"] = team.db.port  # the test cluster's
+    (tmp_path / "dagster.yaml").write_text(yaml.safe_dump(config))
+    for name, value in {"DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_USER": "jrr",
+                        "DAGSTER_PG_PASSWORD": "unused-with-trust-auth",
+                        "DAGSTER_PG_DB": "jrr"}.items():
+        monkeypatch.setenv(name, value)
+    with DagsterInstance.from_config(str(tmp_path)) as instance:
+        assert instance.get_runs_count() == 2  # the graph's runs, written through jrr
+        assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
+        info = instance.event_log_storage.get_concurrency_info("jrr_device")
+        assert info.slot_count == 1
 
 
 def _wait_for(query: str, params: tuple, db: Cluster, proc: subprocess.Popen, log: Path,
