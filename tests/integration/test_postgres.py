@@ -74,9 +74,11 @@ def team(beir_dir: Path, tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def graph(team: Team) -> dict:
-    """The whole ci graph, one `jrr run` with a process per step, on PostgreSQL."""
+    """The whole ci graph, one `jrr run` with a process per step, on PostgreSQL, its corpus
+    index in two shards."""
     started = time.monotonic()
     proc = team.jrr("run", str(team.data), "--preset", "ci", "--quiet",
+                    "--set", "faiss_index.shards=2",
                     JRR_EXECUTOR="multiprocess", JRR_MAX_CONCURRENT="2")
     seconds = time.monotonic() - started
     print(f"ci graph on PostgreSQL, multiprocess executor: {seconds:.0f}s")
@@ -106,6 +108,21 @@ def test_dagster_runs_events_and_checks_are_in_postgres(team: Team, graph: dict)
     assert not list(storage.glob("*.db")) and not (storage / "runs").exists()
     assert not (team.home / "mlflow.db").exists()
     assert "postgres_url" in (team.home / "dagster" / "dagster.yaml").read_text()
+
+
+def test_sharded_corpus_index_serves_the_report(team: Team, graph: dict):
+    index = team.home / "artifacts" / "toyset" / "faiss_index"
+    assert sorted(p.name for p in index.glob("shard-*")) == ["shard-00000.faiss",
+                                                             "shard-00001.faiss"]
+    (metadata,) = team.db.sql("SELECT event FROM event_logs WHERE dagster_event_type = "
+                              "'ASSET_MATERIALIZATION' AND asset_key = %s",
+                              (json.dumps(["faiss_index"]),))[0]
+    entries = {entry["label"]: entry["entry_data"]
+               for entry in json.loads(metadata)["dagster_event"]["event_specific_data"]
+               ["materialization"]["metadata_entries"]}
+    assert entries["shards"]["value"] == 2
+    report = json.loads((team.home / "reports" / "toyset" / "evaluation.json").read_text())
+    assert 0.0 < report["systems"]["joint_retriever"]["nDCG@10"] <= 1.0  # searched the shards
 
 
 def test_mlflow_runs_and_registered_models_are_in_postgres(team: Team, graph: dict):
