@@ -137,9 +137,23 @@ def run_training(context: AssetExecutionContext, stage: str, settings: Settings,
                               state / "train", models=models, eval_split=eval_split)
     compute.apply_threads()
     where = f"torchrun with {compute.nproc} processes" if compute.nproc > 1 else "in-process"
+    if compute.nnodes > 1:
+        where = (f"torchrun with {compute.nproc} processes on each of {compute.nnodes} nodes; "
+                 f"start the others with: {worker_hint(compute, run_file)}")
     context.log.info(f"{stage}: training {where} (run file {run_file})")
-    result = launch(run_file, compute.nproc)
+    result = launch(run_file, compute.nproc, compute.rendezvous())
     return result, read_metrics(run_file.parent / "metrics.jsonl")
+
+
+def worker_hint(compute, run_file: Path) -> str:
+    """The command node RANK (1 .. nnodes - 1) runs to join this training; the run file must
+    be on a filesystem all nodes share (JRR_HOME)."""
+    from jrr_pipeline.ml.training.distributed import Rendezvous, torchrun_command
+
+    second = Rendezvous(compute.nnodes, 1, compute.rdzv_endpoint)
+    cmd = torchrun_command(compute.nproc, "jrr_pipeline.ml.training.launch",
+                           ["--config", str(run_file)], second)
+    return " ".join(cmd).replace("--node_rank=1", "--node_rank=RANK")
 
 
 def log_params(params: dict[str, Any]) -> None:

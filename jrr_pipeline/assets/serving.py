@@ -30,7 +30,8 @@ def build_serving_assets(settings: dict[str, Settings]) -> list:
         group_name=GROUP,
         pool=DEVICE_POOL,
         deps=["joint_retriever", "corpus"],
-        code_version=code_version(settings["faiss_index"], __name__, "jrr_pipeline.ml.index"),
+        code_version=code_version(settings["faiss_index"], __name__, "jrr_pipeline.ml.index",
+                                  "jrr_pipeline.ml.shards"),
         description="Corpus embeddings of the joint retriever in a FAISS index (what `jrr search` "
                     "and the report's joint rows search)",
     )
@@ -44,21 +45,29 @@ def build_serving_assets(settings: dict[str, Settings]) -> list:
             compute.apply_threads()
             retriever = load_retriever(artifacts.path(name, "joint_retriever"), compute.torch_device())
             corpus = warehouse.table("corpus")
-            started = time.perf_counter()
-            embeddings = encode_corpus(retriever, corpus, batch_size=config.batch_size,
-                                       progress=True, autocast_dtype=autocast_dtype(compute.use_bf16()))
-            encode_s = time.perf_counter() - started
-            index = build_index(embeddings, factory=config.factory,
-                                hnsw_ef_search=config.hnsw_ef_search, nprobe=config.nprobe)
-            with artifacts.staging(name, "faiss_index") as tmp:
-                save_index(index, corpus["doc_id"].to_list(), tmp)
+            dtype = autocast_dtype(compute.use_bf16())
+            if config.shards > 1:
+                with artifacts.staging(name, "faiss_index") as tmp:
+                    dim, encode_s = build_shards(tmp, retriever, corpus, config, dtype)
+            else:
+                started = time.perf_counter()
+                embeddings = encode_corpus(retriever, corpus, batch_size=config.batch_size,
+                                           progress=True, autocast_dtype=dtype)
+                encode_s = time.perf_counter() - started
+                dim = int(embeddings.shape[1])
+                index = build_index(embeddings, factory=config.factory,
+                                    hnsw_ef_search=config.hnsw_ef_search, nprobe=config.nprobe)
+                with artifacts.staging(name, "faiss_index") as tmp:
+                    save_index(index, corpus["doc_id"].to_list(), tmp)
         context.log.info(f"faiss_index: {corpus.height} passages encoded in {encode_s:.0f}s "
-                         f"({corpus.height / max(encode_s, 1e-9):.1f}/s), {config.factory}")
+                         f"({corpus.height / max(encode_s, 1e-9):.1f}/s), {config.factory}"
+                         f"{f' in {config.shards} shards' if config.shards > 1 else ''}")
         return MaterializeResult(metadata={
             "path": MetadataValue.path(str(artifacts.path(name, "faiss_index"))),
             "passages": corpus.height,
-            "dimension": int(embeddings.shape[1]),
+            "dimension": dim,
             "factory": config.factory,
+            "shards": config.shards,
             "encode_seconds": round(encode_s, 1),
             "passages_per_second": round(corpus.height / max(encode_s, 1e-9), 1),
             "passage_max_length": retriever.config.passage_max_length,
@@ -66,6 +75,26 @@ def build_serving_assets(settings: dict[str, Settings]) -> list:
         })
 
     return [faiss_index]
+
+
+def build_shards(folder, retriever, corpus, config, dtype) -> tuple[int, float]:
+    """Encode and index the corpus one slice per shard into ``folder`` (ml/shards.py): only one
+    slice's embeddings are in memory at a time. Returns (dimension, seconds spent encoding)."""
+    from jrr_pipeline.ml.index import encode_corpus
+    from jrr_pipeline.ml.shards import ShardWriter, corpus_slices
+
+    writer, encode_s = None, 0.0
+    for start, end in corpus_slices(corpus.height, config.shards):
+        part = corpus.slice(start, end - start)
+        started = time.perf_counter()
+        vectors = encode_corpus(retriever, part, batch_size=config.batch_size, progress=True,
+                                autocast_dtype=dtype)
+        encode_s += time.perf_counter() - started
+        writer = writer or ShardWriter(folder, vectors.shape[1], config.factory,
+                                       hnsw_ef_search=config.hnsw_ef_search, nprobe=config.nprobe)
+        writer.add(vectors, part["doc_id"].to_list())
+    writer.close()
+    return writer.dim, encode_s
 
 
 @asset_check(asset="faiss_index", blocking=True,

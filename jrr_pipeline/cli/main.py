@@ -49,6 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     show.add_argument("--set", action="append", default=[], metavar="STAGE.FIELD=VALUE",
                       help="override one setting (repeatable), as for `jrr run`")
 
+    doctor = add_parser("doctor", help="which stores (Dagster, MLflow, DuckDB, artifacts), "
+                                       "executor and training launch are in use")
+    doctor.add_argument("--check", action="store_true",
+                        help="also connect to the Dagster and MLflow stores (exit 1 on failure)")
+
     report = add_parser("report", help="print the latest evaluation table")
     report.add_argument("--dataset", default=None, help="dataset name (default: the latest report)")
     report.add_argument("--json", action="store_true", help="print the raw evaluation.json")
@@ -93,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_dagster_previews()
     commands = {"run": cmd_run, "settings": cmd_settings, "lineage": cmd_lineage,
                 "search": cmd_search, "candidates": cmd_candidates, "ui": cmd_ui,
-                "mlflow": cmd_mlflow, "report": cmd_report}
+                "mlflow": cmd_mlflow, "report": cmd_report, "doctor": cmd_doctor}
     try:
         return commands[args.command](args)
     except DataFormatError as err:  # bad data: the run did not start, nothing was written
@@ -245,19 +250,26 @@ def cmd_mlflow(args: argparse.Namespace) -> int:
 
 
 def cmd_lineage(args: argparse.Namespace) -> int:
-    import os
-
     from dagster import DagsterInstance
 
     from jrr_pipeline.ops.lineage import model_lineage
     from jrr_pipeline.resources import MLflowTracking
 
-    uri = args.tracking_uri or MLflowTracking(
-        tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", "")).resolved_uri()
+    uri = args.tracking_uri or MLflowTracking().resolved_uri()
     with DagsterInstance.get() as instance:
         tree = model_lineage(args.model, uri, instance)
     print("\n".join(tree.render()))
     return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from jrr_pipeline.ops.doctor import inspect_environment, render, run_checks
+
+    lines = inspect_environment()
+    if args.check:
+        lines = run_checks(lines)
+    print(render(lines))
+    return 0 if all(line.ok for line in lines) else 1
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -22,12 +22,20 @@ def _bin(name: str) -> str:
 
 
 def mlflow_server_command(port: int, home: Path | None = None) -> list[str]:
-    """An MLflow server on the same sqlite store and artifact folder that the pipeline writes."""
+    """An MLflow server on the same backend store (sqlite file or PostgreSQL, resources/stores.py)
+    and artifact folder that the pipeline writes."""
+    from jrr_pipeline.resources.stores import MLFLOW_ARTIFACTS, mlflow_store, mlflow_tracking_uri
+
     home = home or jrr_home()
-    (home / "mlruns").mkdir(parents=True, exist_ok=True)
+    if mlflow_store(home).kind == "server":
+        raise ValueError("MLFLOW_TRACKING_URI names a tracking server already; unset it to serve "
+                         "the project's own store")
+    artifacts = os.environ.get(MLFLOW_ARTIFACTS, "").strip() or str(home / "mlruns")
+    if "://" not in artifacts:
+        Path(artifacts).mkdir(parents=True, exist_ok=True)
     return [_bin("mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-            "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
-            "--artifacts-destination", str(home / "mlruns")]
+            "--backend-store-uri", mlflow_tracking_uri(home),
+            "--artifacts-destination", artifacts]
 
 
 def ui_command(port: int) -> list[str]:

@@ -2,7 +2,8 @@
 
 Indexes are described by FAISS ``index_factory`` strings ("Flat", "HNSW32", "IVF256,PQ32", ...).
 A saved index is a folder with ``index.faiss``, ``doc_ids.json`` (row -> doc id) and
-``meta.json`` (factory, metric, dim, ntotal), written atomically.
+``meta.json`` (factory, metric, dim, ntotal), written atomically; ``load_index`` also reads the
+sharded folders of ``jrr_pipeline.ml.shards``.
 """
 
 from __future__ import annotations
@@ -139,6 +140,10 @@ def load_index(directory: str | Path) -> tuple[faiss.Index, list[str]]:
     root = Path(directory)
     meta_path, ids_path, index_path = root / META_FILE, root / DOC_IDS_FILE, root / INDEX_FILE
     meta = read_json(meta_path)
+    if isinstance(meta, dict) and isinstance(meta.get("shards"), list):  # ml/shards.py's layout
+        from jrr_pipeline.ml.shards import load_sharded_index
+
+        return load_sharded_index(root)
     for field in ("dim", "ntotal"):
         if not isinstance(meta, dict) or not isinstance(meta.get(field), int):
             raise ValueError(f"{meta_path}: field '{field}': missing or not an integer")

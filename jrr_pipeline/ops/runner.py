@@ -85,6 +85,7 @@ class _Session:
                  run_config: dict | None, echo: Callable[[str], None] | None, instance,
                  verbose: bool) -> None:
         self.data_dir, self.preset, self.instance = data_dir, preset, instance
+        self.settings = settings
         self.say = echo or (lambda _msg: None)
         self.defs = build_definitions(preset, data_dir, settings, dataset_name)
         self.graph = self.defs.resolve_asset_graph()
@@ -216,20 +217,25 @@ class _Session:
         return outcome
 
     def execute(self, todo: set, n_selected: int):
-        """One in-process run of the pipeline job over ``todo``."""
+        """One run of the pipeline job over ``todo``: in this process, or with
+        ``JRR_EXECUTOR=multiprocess`` a process per step (jrr_pipeline/executors.py)."""
         from dagster import AssetKey
+
+        from jrr_pipeline.executors import execute_pipeline_job, executor_name
 
         names = sorted(k.to_user_string() for k in todo)
         self.say(f"materializing {len(names)} of {n_selected} assets ({self.preset} preset): "
                  f"{', '.join(names)}")
+        run = {"asset_selection": sorted(todo, key=AssetKey.to_user_string),
+               "run_config": self.config,
+               "tags": {"jrr/preset": self.preset, "jrr/dataset": self.dataset,
+                        "jrr/source": "cli", PID_TAG: str(os.getpid()),
+                        HOST_TAG: socket.gethostname()}}
+        if executor_name() == "multiprocess":
+            return execute_pipeline_job(self.instance, self.preset, self.data_dir,
+                                        self.settings, **run)
         return self.defs.resolve_job_def(PIPELINE_JOB).execute_in_process(
-            instance=self.instance,
-            asset_selection=sorted(todo, key=AssetKey.to_user_string),
-            run_config=self.config,
-            tags={"jrr/preset": self.preset, "jrr/dataset": self.dataset, "jrr/source": "cli",
-                  PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()},
-            raise_on_error=False,
-        )
+            instance=self.instance, raise_on_error=False, **run)
 
 
 def _ready(graph, todo: set, selected: set) -> set:

@@ -15,21 +15,28 @@ from jrr_pipeline.resources.home import jrr_home
 class MLflowTracking(ConfigurableResource):
     """Opens MLflow runs tagged with their Dagster origin."""
 
-    tracking_uri: str = Field(default="", description="Empty means sqlite:///$JRR_HOME/mlflow.db")
+    tracking_uri: str = Field(
+        default="", description="Empty means MLFLOW_TRACKING_URI, else JRR_MLFLOW_POSTGRES_URL / "
+                                "JRR_POSTGRES_URL (schema mlflow), else sqlite:///$JRR_HOME/mlflow.db")
     artifact_root: str = Field(
-        default="", description="Artifact root for new experiments; empty means $JRR_HOME/mlruns"
+        default="", description="Artifact root for new experiments; empty means "
+                                "$JRR_MLFLOW_ARTIFACTS, else $JRR_HOME/mlruns"
     )
     experiment: str = Field(default="jrr-pipeline", description="MLflow experiment name")
 
     def resolved_uri(self) -> str:
-        return self.tracking_uri or f"sqlite:///{jrr_home() / 'mlflow.db'}"
+        from jrr_pipeline.resources.stores import mlflow_tracking_uri
+
+        return self.tracking_uri or mlflow_tracking_uri(jrr_home())
 
     def _client_setup(self):
         import mlflow
 
         mlflow.set_tracking_uri(self.resolved_uri())
         if mlflow.get_experiment_by_name(self.experiment) is None:
-            root = self.artifact_root or (jrr_home() / "mlruns").as_uri()
+            from jrr_pipeline.resources.stores import mlflow_artifact_root
+
+            root = self.artifact_root or mlflow_artifact_root(jrr_home()).location
             mlflow.create_experiment(self.experiment, artifact_location=root)
         mlflow.set_experiment(self.experiment)
         return mlflow

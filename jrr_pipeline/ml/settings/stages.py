@@ -276,6 +276,9 @@ class FaissIndexSettings(Settings):
     hnsw_ef_search: int = knob(128, "efSearch of HNSW indexes", ge=1)
     nprobe: int = knob(16, "nprobe of IVF indexes", ge=1)
     batch_size: int = knob(64, "passages per encoding batch", ge=1)
+    shards: int = knob(1, "build the index in this many shards, one corpus slice encoded and "
+                          "indexed at a time (memory of one slice), searched together "
+                          "(faiss.IndexShards); IVF / PQ train on the first slice", ge=1)
 
     def check(self) -> None:
         check_faiss_factory(self)

@@ -1,4 +1,5 @@
-"""DDP helpers: world info from torchrun's environment, process-group setup, and a torchrun launcher."""
+"""DDP helpers: world info from torchrun's environment, process-group setup, and a torchrun launcher
+(one node, or one of several meeting at a rendezvous endpoint)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -65,6 +67,51 @@ def barrier() -> None:
         dist.barrier()
 
 
+@dataclass(frozen=True)
+class Rendezvous:
+    """Where torchrun's agents meet: ``nnodes`` machines, this one being ``node_rank``, all
+    reaching the agent of node 0 at ``endpoint`` (``host:port``; torchrun's static rendezvous,
+    so global ranks are ``node_rank * nproc + local_rank`` on every launch). One node with no
+    endpoint is a standalone launch on a free local port."""
+
+    nnodes: int = 1
+    node_rank: int = 0
+    endpoint: str = ""
+
+    def __post_init__(self) -> None:
+        if self.nnodes < 1:
+            raise ValueError(f"rendezvous: nnodes must be >= 1, got {self.nnodes}")
+        if not 0 <= self.node_rank < self.nnodes:
+            raise ValueError(f"rendezvous: node_rank must be in [0, {self.nnodes}), "
+                             f"got {self.node_rank}")
+        if self.nnodes > 1 or self.endpoint:
+            host, _, port = self.endpoint.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"rendezvous: endpoint must be host:port (node 0's address), "
+                                 f"got {self.endpoint!r}")
+
+    @property
+    def standalone(self) -> bool:
+        return self.nnodes == 1 and not self.endpoint
+
+    def torchrun_args(self, nproc: int) -> list[str]:
+        """torchrun's options for ``nproc`` processes on this node."""
+        if self.standalone:
+            return ["--standalone", "--nnodes=1", f"--nproc_per_node={nproc}"]
+        return [f"--nnodes={self.nnodes}", f"--node_rank={self.node_rank}",
+                "--rdzv_backend=static", f"--rdzv_endpoint={self.endpoint}",
+                f"--nproc_per_node={nproc}"]
+
+
+def torchrun_command(nproc: int, module: str, args: list[str],
+                     rendezvous: Rendezvous | None = None) -> list[str]:
+    """``python -m torch.distributed.run OPTIONS -m module args...`` (what every node runs)."""
+    if nproc < 1:
+        raise ValueError(f"launch_torchrun: nproc must be >= 1, got {nproc}")
+    options = (rendezvous or Rendezvous()).torchrun_args(nproc)
+    return [sys.executable, "-m", "torch.distributed.run", *options, "-m", module, *args]
+
+
 def launch_torchrun(
     nproc: int,
     module: str,
@@ -74,19 +121,18 @@ def launch_torchrun(
     cwd: str | Path | None = None,
     timeout: float | None = None,
     check: bool = True,
+    rendezvous: Rendezvous | None = None,
 ) -> subprocess.CompletedProcess:
-    """Run `python -m torch.distributed.run --standalone --nproc_per_node=N -m module args...`.
+    """Run ``module`` under torchrun with ``nproc`` processes on this node.
 
-    Output is captured (text). `--standalone` picks a free local rendezvous port, so several
-    launches can run side by side. With `check`, a non-zero exit raises RuntimeError quoting the
-    command and the tail of its output.
+    Without ``rendezvous`` (or with one node and no endpoint) this is
+    ``torchrun --standalone --nnodes=1``, which picks a free local rendezvous port, so several
+    launches can run side by side. With ``Rendezvous(nnodes, node_rank, endpoint)`` this node's
+    agent joins the others at ``endpoint``; every node runs the same command with its own
+    ``node_rank``. Output is captured (text). With ``check``, a non-zero exit raises
+    RuntimeError quoting the command and the tail of its output.
     """
-    if nproc < 1:
-        raise ValueError(f"launch_torchrun: nproc must be >= 1, got {nproc}")
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
-        f"--nproc_per_node={nproc}", "-m", module, *args,
-    ]
+    cmd = torchrun_command(nproc, module, args, rendezvous)
     full_env = dict(os.environ)
     if env:
         full_env.update(env)

@@ -175,14 +175,16 @@ def run(path: Path) -> dict[str, Any]:
     return result
 
 
-def launch(path: Path, nproc: int = 1) -> dict[str, Any]:
-    """Run ``path`` here (``nproc`` 1) or under torchrun with ``nproc`` processes."""
-    if nproc <= 1:
+def launch(path: Path, nproc: int = 1, rendezvous: Any = None) -> dict[str, Any]:
+    """Run ``path`` here (``nproc`` 1 on one node) or under torchrun with ``nproc`` processes
+    (on each of ``rendezvous.nnodes`` nodes: a ``distributed.Rendezvous``; this is node 0)."""
+    if nproc <= 1 and (rendezvous is None or rendezvous.standalone):
         return run(path)
     from jrr_pipeline.ml.training.distributed import launch_torchrun
 
     spec = read_run_file(path)
-    proc = launch_torchrun(nproc, "jrr_pipeline.ml.training.launch", ["--config", str(path)])
+    proc = launch_torchrun(nproc, "jrr_pipeline.ml.training.launch", ["--config", str(path)],
+                           rendezvous=rendezvous)
     if proc.returncode != 0:
         raise RuntimeError(f"torchrun {spec.stage} training failed with exit code "
                            f"{proc.returncode} (run file {path})")
