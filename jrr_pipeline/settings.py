@@ -34,6 +34,7 @@ UserSettings = dict[str, dict[str, Any]]
 PRESETS: dict[str, UserSettings] = {
     # tiny and fast: the test suite's graph runs in about a minute
     "ci": {
+        "qrels": {"dev_min_queries": 4},
         "bm25_negatives": {"top_k": 20},
         "warmup_retriever": {"max_steps": 2, "batch_size": 4, "lr": 3e-5, "n_negatives": 1,
                              "query_max_length": 16, "passage_max_length": 48,

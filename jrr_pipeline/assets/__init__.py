@@ -21,7 +21,7 @@ def build_assets(settings: dict[str, Settings]) -> list:
     resolved settings (``jrr_pipeline.settings.resolve_settings``), their Config defaults."""
     return [
         dataset_files,
-        *build_data_assets(),
+        *build_data_assets(settings),
         *build_negatives_assets(settings),
         *build_warmup_assets(settings),
         *build_dense_assets(settings),
