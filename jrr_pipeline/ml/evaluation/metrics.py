@@ -6,6 +6,12 @@ directly silently returns the uncut reciprocal rank for RR@10 (a test guards thi
 
 Averages are over every query of the evaluated split's qrels: a query the run does not answer
 scores 0 (ir-measures alone would average only over the queries present in the run).
+
+One tie-break for every measure: runs reach ir-measures as ranks (``jrr_pipeline.ml.ranking``),
+ordered by score, then doc id. pytrec_eval and the msmarco provider break score ties differently,
+so without this a run with tied documents got an nDCG@10 and an RR@10 of two different orders. A
+reranked run comes from ``jrr_pipeline.ml.fusion`` already ranked, its ties broken by first-stage
+order.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from collections.abc import Mapping, Sequence
 
 import ir_measures
 import polars as pl
+
+from jrr_pipeline.ml.ranking import ranked_run
 
 DEFAULT_MEASURES: tuple[str, ...] = (
     "nDCG@10",
@@ -77,11 +85,12 @@ def _qrels_dict(qrels: Qrels, split: str | None) -> dict[str, dict[str, int]]:
 
 def _run_dict(run: Run, query_ids: set[str]) -> dict[str, dict[str, float]]:
     # Only judged queries matter; dropping the rest keeps pytrec_eval's work small.
-    return {
+    judged = {
         str(q): {str(d): float(s) for d, s in docs.items()}
         for q, docs in run.items()
         if str(q) in query_ids and docs
     }
+    return ranked_run(judged)
 
 
 def _per_query_all(

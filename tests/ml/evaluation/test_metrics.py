@@ -125,3 +125,23 @@ def test_rr_cutoff_is_applied() -> None:
     qrels = {"q1": {"x12": 1}}
     got = evaluate(run, qrels, ["RR@10", "RR", "R@10", "R@20"])
     assert got == {"RR@10": 0.0, "RR": pytest.approx(1 / 13), "R@10": 0.0, "R@20": 1.0}
+
+
+@pytest.mark.parametrize(("relevant", "rank"), [("a", 1), ("b", 2), ("c", 3)])
+def test_tied_documents_get_one_order_for_every_measure(relevant: str, rank: int) -> None:
+    # three docs with one score: every measure must see them ranked by doc id (a, b, c); before,
+    # pytrec_eval (nDCG, AP) and the msmarco provider (RR@10) ordered the tie differently
+    run = {"q1": {"c": 1.0, "a": 1.0, "b": 1.0}}
+    got = evaluate(run, {"q1": {relevant: 1}}, ["nDCG@10", "RR@10", "MAP", "R@1"])
+    assert got["nDCG@10"] == pytest.approx(1 / math.log2(rank + 1))
+    assert got["RR@10"] == pytest.approx(1 / rank)
+    assert got["MAP"] == pytest.approx(1 / rank)
+    assert got["R@1"] == (1.0 if rank == 1 else 0.0)
+
+
+def test_untied_runs_score_as_before() -> None:
+    # ranks replace scores, so a run with distinct scores keeps its figures exactly
+    raw = {q: {d: s * 3.7 - 100 for d, s in docs.items()} for q, docs in RUN.items()}
+    assert evaluate(raw, QRELS, split="test") == evaluate(RUN, QRELS, split="test")
+    assert evaluate(RUN, QRELS, ["nDCG@10"], split="test")["nDCG@10"] == pytest.approx(
+        (NDCG_Q1 + NDCG_Q2) / 3)
