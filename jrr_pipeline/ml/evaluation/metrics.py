@@ -17,6 +17,7 @@ order.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import ir_measures
 import polars as pl
@@ -33,6 +34,10 @@ DEFAULT_MEASURES: tuple[str, ...] = (
     "R@100",
     "MAP",
 )
+
+# The split model selection reads (never test), and where it can come from.
+SELECTION_SPLIT = "dev"
+DEV_ORIGINS = ("carved from train", "dataset")
 
 # Our report names -> ir-measures names (anything else is passed to ir_measures as is).
 _ALIASES = {"MAP": "AP", "MRR@10": "RR@10", "MRR": "RR"}
@@ -55,6 +60,28 @@ def eval_split(qrels: pl.DataFrame) -> str:
         if name in splits:
             return name
     raise ValueError(f"qrels have no test or dev split (splits: {sorted(splits)})")
+
+
+def selection_info(qrels: pl.DataFrame, origin: str = "dataset") -> dict[str, Any]:
+    """The report's "selection" block: the split anything tuned on scores is chosen on.
+
+    With a dev split: {"split": "dev", "origin": origin, "queries": N}, ``origin`` saying where
+    dev came from ("carved from train" or "dataset"); a "note" is added when there is no test
+    split, as the report's own figures are then on dev. Without a dev split:
+    {"split": None, "origin": None, "queries": 0, "note": ...}.
+    """
+    if origin not in DEV_ORIGINS:
+        raise ValueError(f"selection_info: origin must be one of {DEV_ORIGINS}, got {origin!r}")
+    dev = qrels.filter(pl.col("split") == SELECTION_SPLIT)
+    if dev.height == 0:
+        return {"split": None, "origin": None, "queries": 0,
+                "note": "no dev split: no dev figures, and nothing was selected on this "
+                        "dataset's scores"}
+    info: dict[str, Any] = {"split": SELECTION_SPLIT, "origin": origin,
+                            "queries": dev["query_id"].n_unique()}
+    if "test" not in set(qrels["split"].unique().to_list()):
+        info["note"] = "no test split: the report's figures are on dev, not held out"
+    return info
 
 
 def monitor_split(qrels: pl.DataFrame) -> str:

@@ -14,6 +14,7 @@ from jrr_pipeline.ml.evaluation import (
     evaluate,
     monitor_split,
     per_query,
+    selection_info,
 )
 from jrr_pipeline.ml.sparse import BM25Index, run_from_search
 
@@ -145,3 +146,19 @@ def test_untied_runs_score_as_before() -> None:
     assert evaluate(raw, QRELS, split="test") == evaluate(RUN, QRELS, split="test")
     assert evaluate(RUN, QRELS, ["nDCG@10"], split="test")["nDCG@10"] == pytest.approx(
         (NDCG_Q1 + NDCG_Q2) / 3)
+
+
+def test_selection_info_names_the_dev_split_and_its_origin() -> None:
+    dev = pl.DataFrame({"query_id": ["q5", "q5", "q6"], "doc_id": ["d1", "d2", "d3"],
+                        "relevance": [1, 1, 1], "split": ["dev"] * 3},
+                       schema_overrides={"relevance": pl.Int32})
+    with_dev = pl.concat([QRELS, dev])
+    assert selection_info(with_dev, "carved from train") == {
+        "split": "dev", "origin": "carved from train", "queries": 2}
+    assert selection_info(with_dev)["origin"] == "dataset"
+    no_dev = selection_info(QRELS, "carved from train")
+    assert no_dev["split"] is None and no_dev["queries"] == 0 and "no dev split" in no_dev["note"]
+    dev_only = selection_info(pl.concat([QRELS.filter(pl.col("split") == "train"), dev]))
+    assert dev_only["queries"] == 2 and "no test split" in dev_only["note"]
+    with pytest.raises(ValueError, match="origin"):
+        selection_info(with_dev, "test")
