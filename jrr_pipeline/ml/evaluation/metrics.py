@@ -70,13 +70,13 @@ def selection_info(qrels: pl.DataFrame, origin: str = "dataset") -> dict[str, An
     split, as the report's own figures are then on dev. Without a dev split:
     {"split": None, "origin": None, "queries": 0, "note": ...}.
     """
-    if origin not in DEV_ORIGINS:
-        raise ValueError(f"selection_info: origin must be one of {DEV_ORIGINS}, got {origin!r}")
     dev = qrels.filter(pl.col("split") == SELECTION_SPLIT)
     if dev.height == 0:
         return {"split": None, "origin": None, "queries": 0,
                 "note": "no dev split: no dev figures, and nothing was selected on this "
                         "dataset's scores"}
+    if origin not in DEV_ORIGINS:
+        raise ValueError(f"selection_info: origin must be one of {DEV_ORIGINS}, got {origin!r}")
     info: dict[str, Any] = {"split": SELECTION_SPLIT, "origin": origin,
                             "queries": dev["query_id"].n_unique()}
     if "test" not in set(qrels["split"].unique().to_list()):
