@@ -77,39 +77,37 @@ def test_plot_writes_a_png_atomically(warehouse: Warehouse, tmp_path: Path):
     assert out.read_bytes() == before  # a failed plot leaves the previous one
 
 
-def test_plot_labels_systems_per_dataset_when_several(warehouse: Warehouse, tmp_path: Path, monkeypatch):
+@pytest.fixture
+def legend_labels(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The labels of every legend drawn while the test runs."""
     import matplotlib.axes
 
+    labels: list[str] = []
+    original = matplotlib.axes.Axes.legend
+
+    def spy(self, *args, **kwargs):
+        labels.extend(self.get_legend_handles_labels()[1])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "legend", spy)
+    return labels
+
+
+def test_plot_labels_systems_per_dataset_when_several(warehouse: Warehouse, tmp_path: Path,
+                                                      legend_labels: list[str]):
     warehouse.append("metrics", evaluation("r1", 0, {"bm25": 0.6}))
     warehouse.append("metrics", evaluation("o1", 1, {"bm25": 0.3}, dataset="other"))
-    labels: list[str] = []
-    original = matplotlib.axes.Axes.legend
-
-    def spy(self, *args, **kwargs):
-        labels.extend(self.get_legend_handles_labels()[1])
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(matplotlib.axes.Axes, "legend", spy)
     plot_history(metric_history(warehouse, None), tmp_path / "all.png", "nDCG@10")
-    assert labels == ["other/bm25", "toyset/bm25"]
+    assert legend_labels == ["other/bm25", "toyset/bm25"]
 
 
-def test_plot_labels_splits_when_several(warehouse: Warehouse, tmp_path: Path, monkeypatch):
+def test_plot_labels_splits_when_several(warehouse: Warehouse, tmp_path: Path,
+                                         legend_labels: list[str]):
     """An evaluation stores test and dev rows: one line per system and split, not a zigzag."""
-    import matplotlib.axes
-
     warehouse.append("metrics", evaluation("r1", 0, {"bm25": 0.6}))
     warehouse.append("metrics", evaluation("r1", 0, {"bm25": 0.5}, split="dev"))
-    labels: list[str] = []
-    original = matplotlib.axes.Axes.legend
-
-    def spy(self, *args, **kwargs):
-        labels.extend(self.get_legend_handles_labels()[1])
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(matplotlib.axes.Axes, "legend", spy)
     frame = metric_history(warehouse, "toyset")
     assert sorted(frame["split"].to_list()) == ["dev", "test"]
     plot_history(frame, tmp_path / "splits.png", "nDCG@10")
-    assert labels == ["bm25 (dev)", "bm25 (test)"]
+    assert legend_labels == ["bm25 (dev)", "bm25 (test)"]
     assert metric_history(warehouse, "toyset", split="dev")["value"].to_list() == [0.5]
