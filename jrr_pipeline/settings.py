@@ -36,6 +36,7 @@ UserSettings = dict[str, dict[str, Any]]
 PRESETS: dict[str, UserSettings] = {
     # tiny and fast: the test suite's graph runs in about a minute
     "ci": {
+        "qrels": {"dev_min_queries": 4},
         "bm25_negatives": {"top_k": 20},
         "warmup_retriever": {"max_steps": 2, "batch_size": 4, "lr": 3e-5, "n_negatives": 1,
                              "query_max_length": 16, "passage_max_length": 48,
@@ -281,12 +282,13 @@ def module_code_hash(module: str) -> str:
     return hashlib.sha256(normalized_code(module_source(module)).encode()).hexdigest()
 
 
-def code_version(settings: Settings | None, *modules: str) -> str:
-    """Hash of the settings' values and of ``modules``' normalized code."""
+def code_version(settings: Settings | list[Settings] | None, *modules: str) -> str:
+    """Hash of the settings' values (one stage's, or several) and of ``modules``' normalized
+    code."""
     digest = hashlib.sha256()
     for module in sorted(set(modules)):
         digest.update(f"{module}:{module_code_hash(module)}\n".encode())
-    if settings is not None:
-        digest.update(type(settings).stage.encode())
-        digest.update(json.dumps(settings.to_dict(), sort_keys=True, default=str).encode())
+    for one in (settings if isinstance(settings, list) else [settings] if settings else []):
+        digest.update(type(one).stage.encode())
+        digest.update(json.dumps(one.to_dict(), sort_keys=True, default=str).encode())
     return digest.hexdigest()[:16]

@@ -148,11 +148,45 @@ def test_report_has_every_system_with_sane_metrics(first):
     assert any(p.suffix == ".png" for p in first.report_path.parent.iterdir())
 
 
+def _reranked_rows_keep_first_stage_recall(systems: dict) -> None:
+    reranked = [name for name in systems if "+reranker" in name]
+    assert len(reranked) == 4, sorted(systems)  # warm-up and joint, fused and reranker alone
+    for name in reranked:
+        first_stage = name.split("+reranker")[0]
+        assert systems[name]["R@100"] == systems[first_stage]["R@100"], name
+
+
+def _dev_queries(home: Path) -> int:
+    con = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
+    count = con.execute("select count(distinct query_id) from qrels where split = 'dev'").fetchone()[0]
+    con.close()
+    return count
+
+
+def test_report_selection_block_and_complete_reranked_runs(graph, first):
+    """The selection block names the dev split the warehouse holds (or says there is none), and
+    every +reranker row keeps its first stage's tail: the same R@100, on every reported split."""
+    report = json.loads(first.report_path.read_text())
+    _reranked_rows_keep_first_stage_recall(report["systems"])
+    selection, dev = report["selection"], _dev_queries(graph.home)
+    assert selection["queries"] == dev
+    markdown = (first.report_path.parent / "evaluation.md").read_text()
+    if dev:
+        assert selection["split"] == "dev" and selection["origin"] in ("carved from train", "dataset")
+        assert set(report["dev_systems"]) == set(report["systems"])
+        _reranked_rows_keep_first_stage_recall(report["dev_systems"])
+        assert "### dev figures" in markdown
+    else:
+        assert selection["split"] is None and "no dev split" in selection["note"]
+        assert "dev_systems" not in report and "No selection split: no dev split" in markdown
+
+
 def test_warehouse_tables(graph, first):
     bm25 = json.loads(first.report_path.read_text())["systems"]["bm25"]
     con = duckdb.connect(str(graph.home / "warehouse.duckdb"), read_only=True)
     assert con.execute("select count(*) from corpus").fetchone()[0] == 80
-    assert con.execute("select count(distinct query_id) from negatives").fetchone()[0] == 40
+    # 40 train queries, 4 of them carved into dev (ci preset): dev is never mined or trained on
+    assert con.execute("select count(distinct query_id) from negatives").fetchone()[0] == 36
     assert con.execute("select max(rank) from negatives").fetchone()[0] <= 20  # ci preset top_k
     stored = con.execute(
         "select value from metrics where system='bm25' and measure='nDCG@10'").fetchall()
@@ -170,7 +204,7 @@ def test_candidate_lists(graph, first):
         "where c.label = 0 and q.relevance > 0").fetchone()[0]
     sources = {r[0] for r in con.execute("select distinct source from candidates").fetchall()}
     con.close()
-    assert len(per_query) == 40 and all(pos >= 1 and neg == 3 for _q, pos, neg in per_query)
+    assert len(per_query) == 36 and all(pos >= 1 and neg == 3 for _q, pos, neg in per_query)
     assert leaks == 0 and "qrels" in sources
     assert sources <= {"qrels"} | {f"{kind}:{src}" for kind in ("raw", "denoised", "pseudo_positive")
                                    for src in ("bm25", "dense", "bm25+dense")}
@@ -320,6 +354,50 @@ def test_lists_longer_than_the_pool_warn_instead_of_failing(graph, ar2):
     assert long_lists.success, long_lists.failure
     assert long_lists.checks["denoised_candidates:candidates_list_length"] is False
     assert long_lists.checks["denoised_candidates:candidates_exclude_positives"] is True
+
+
+def test_report_reads_the_dev_split_and_its_origin(graph, ar2):
+    """Last with the list test: it moves ten train queries to a dev split in the warehouse and
+    records a qrels materialization whose metadata says dev was carved from train, as the qrels
+    asset does when a dataset has no dev split. The report then scores every system on test and
+    on dev, and stores and logs both. Reranking only the top-1 keeps every first-stage document
+    in place, so each +reranker row must equal its first stage's row (a run cut to the rerank
+    depth would have R@100 = R@1)."""
+    from dagster import AssetMaterialization
+
+    con = duckdb.connect(str(graph.home / "warehouse.duckdb"))
+    con.execute("update qrels set split = 'dev' where query_id in (select distinct query_id "
+                "from qrels where split = 'train' order by query_id limit 10)")
+    con.close()
+    graph.instance.report_runless_asset_event(AssetMaterialization(
+        asset_key="qrels", metadata={"dev_origin": "carved from train"}))
+    outcome = graph.run(select="evaluation_report", stale_only=False,
+                        settings={"evaluation_report": {"rerank_depth": 1}})
+    assert outcome.success, outcome.failure
+    assert outcome.materialized == ["evaluation_report"]
+    report = json.loads(outcome.report_path.read_text())
+    assert report["selection"] == {"split": "dev", "origin": "carved from train", "queries": 10}
+    assert report["split"] == "test" and report["num_queries"] == 20 and report["rerank_depth"] == 1
+    assert set(report["dev_systems"]) == set(report["systems"])
+    for systems in (report["systems"], report["dev_systems"]):
+        _reranked_rows_keep_first_stage_recall(systems)
+        for name in [n for n in systems if "+reranker" in n]:
+            assert systems[name] == systems[name.split("+reranker")[0]], name
+    markdown = (outcome.report_path.parent / "evaluation.md").read_text()
+    assert markdown.index("### test figures") < markdown.index("### dev figures")
+    assert "chosen on `dev` (carved from train, 10 queries)" in markdown
+
+    con = duckdb.connect(str(graph.home / "warehouse.duckdb"), read_only=True)
+    stored = dict(con.execute(
+        "select split, value from metrics where run_id = ? and system = 'bm25' and "
+        "measure = 'nDCG@10'", [report["mlflow_run_id"]]).fetchall())
+    con.close()
+    assert stored == {"test": pytest.approx(report["systems"]["bm25"]["nDCG@10"]),
+                      "dev": pytest.approx(report["dev_systems"]["bm25"]["nDCG@10"])}
+    metrics = MlflowClient(graph.mlflow_uri).get_run(report["mlflow_run_id"]).data.metrics
+    assert metrics["dev.joint_retriever_plus_reranker.R_at_100"] == pytest.approx(
+        report["dev_systems"]["joint_retriever+reranker"]["R@100"])
+    assert metrics["bm25.nDCG_at_10"] == pytest.approx(report["systems"]["bm25"]["nDCG@10"])
 
 
 def _break_corpus_json(d: Path) -> None:

@@ -14,11 +14,12 @@ from jrr_pipeline.resources import Warehouse
 T0 = datetime(2026, 1, 4, 3, 0, 0)
 
 
-def evaluation(run_id: str, day: int, values: dict[str, float], dataset: str = "toyset") -> pl.DataFrame:
+def evaluation(run_id: str, day: int, values: dict[str, float], dataset: str = "toyset",
+               split: str = "test") -> pl.DataFrame:
     rows = []
     for system, ndcg in values.items():
-        rows.append((run_id, dataset, system, "test", "nDCG@10", ndcg, T0 + timedelta(days=day)))
-        rows.append((run_id, dataset, system, "test", "R@10", min(1.0, ndcg + 0.1), T0 + timedelta(days=day)))
+        rows.append((run_id, dataset, system, split, "nDCG@10", ndcg, T0 + timedelta(days=day)))
+        rows.append((run_id, dataset, system, split, "R@10", min(1.0, ndcg + 0.1), T0 + timedelta(days=day)))
     return pl.DataFrame(rows, orient="row", schema=["run_id", "dataset", "system", "split", "measure",
                                                     "value", "created_at"])
 
@@ -76,11 +77,11 @@ def test_plot_writes_a_png_atomically(warehouse: Warehouse, tmp_path: Path):
     assert out.read_bytes() == before  # a failed plot leaves the previous one
 
 
-def test_plot_labels_systems_per_dataset_when_several(warehouse: Warehouse, tmp_path: Path, monkeypatch):
+@pytest.fixture
+def legend_labels(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The labels of every legend drawn while the test runs."""
     import matplotlib.axes
 
-    warehouse.append("metrics", evaluation("r1", 0, {"bm25": 0.6}))
-    warehouse.append("metrics", evaluation("o1", 1, {"bm25": 0.3}, dataset="other"))
     labels: list[str] = []
     original = matplotlib.axes.Axes.legend
 
@@ -89,5 +90,24 @@ def test_plot_labels_systems_per_dataset_when_several(warehouse: Warehouse, tmp_
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(matplotlib.axes.Axes, "legend", spy)
+    return labels
+
+
+def test_plot_labels_systems_per_dataset_when_several(warehouse: Warehouse, tmp_path: Path,
+                                                      legend_labels: list[str]):
+    warehouse.append("metrics", evaluation("r1", 0, {"bm25": 0.6}))
+    warehouse.append("metrics", evaluation("o1", 1, {"bm25": 0.3}, dataset="other"))
     plot_history(metric_history(warehouse, None), tmp_path / "all.png", "nDCG@10")
-    assert labels == ["other/bm25", "toyset/bm25"]
+    assert legend_labels == ["other/bm25", "toyset/bm25"]
+
+
+def test_plot_labels_splits_when_several(warehouse: Warehouse, tmp_path: Path,
+                                         legend_labels: list[str]):
+    """An evaluation stores test and dev rows: one line per system and split, not a zigzag."""
+    warehouse.append("metrics", evaluation("r1", 0, {"bm25": 0.6}))
+    warehouse.append("metrics", evaluation("r1", 0, {"bm25": 0.5}, split="dev"))
+    frame = metric_history(warehouse, "toyset")
+    assert sorted(frame["split"].to_list()) == ["dev", "test"]
+    plot_history(frame, tmp_path / "splits.png", "nDCG@10")
+    assert legend_labels == ["bm25 (dev)", "bm25 (test)"]
+    assert metric_history(warehouse, "toyset", split="dev")["value"].to_list() == [0.5]

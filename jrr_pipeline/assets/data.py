@@ -16,7 +16,7 @@ from dagster import (
     observable_source_asset,
 )
 
-from jrr_pipeline.assets.common import WAREHOUSE_POOL, frame_version
+from jrr_pipeline.assets.common import WAREHOUSE_POOL, frame_version, stage_config
 from jrr_pipeline.ml.data import duplicate_ids, empty_texts, split_overlap, unresolved_qrels
 from jrr_pipeline.ml.settings import Settings
 from jrr_pipeline.resources import DatasetSource, Warehouse
@@ -41,7 +41,9 @@ def dataset_files(context, dataset: DatasetSource) -> ObserveResult:
 
 
 def build_data_assets(settings: dict[str, Settings]) -> list:
-    version = code_version(settings["dataset"], __name__, "jrr_pipeline.ml.data")
+    modules = (__name__, "jrr_pipeline.ml.data", "jrr_pipeline.ml.data.splits")
+    version = code_version(settings["dataset"], *modules)
+    QrelsConfig = stage_config(settings["qrels"])
 
     @multi_asset(
         name="dataset_tables",
@@ -52,19 +54,28 @@ def build_data_assets(settings: dict[str, Settings]) -> list:
                       description="corpus(doc_id, title, text)"),
             AssetSpec("queries", deps=["dataset_files"], code_version=version,
                       description="queries(query_id, text)"),
-            AssetSpec("qrels", deps=["dataset_files"], code_version=version,
-                      description="qrels(query_id, doc_id, relevance, split)"),
+            AssetSpec("qrels", deps=["dataset_files"],
+                      code_version=code_version([settings["dataset"], settings["qrels"]], *modules),
+                      description="qrels(query_id, doc_id, relevance, split); split dev is "
+                                  "carved from train when the dataset has none"),
         ],
     )
-    def dataset_tables(context: AssetExecutionContext, dataset: DatasetSource, warehouse: Warehouse):
-        """Read the dataset (BEIR, MS MARCO TSV or CSV/Parquet), validate it, replace the three tables.
+    def dataset_tables(context: AssetExecutionContext, config: QrelsConfig,
+                       dataset: DatasetSource, warehouse: Warehouse):
+        """Read the dataset (BEIR, MS MARCO TSV or CSV/Parquet), validate it, carve a dev split
+        from train when it has none, and replace the three tables.
 
         Any reading error names file, line and field; the previous tables stay as they were.
         """
+        from jrr_pipeline.ml.data.splits import carve_dev
+
         data = dataset.load()
-        frames = {"corpus": data.corpus, "queries": data.queries, "qrels": data.qrels}
+        qrels_settings = config.settings()
+        qrels, dev_origin = carve_dev(data.qrels, qrels_settings.dev_fraction,
+                                      qrels_settings.dev_min_queries, qrels_settings.dev_seed)
+        frames = {"corpus": data.corpus, "queries": data.queries, "qrels": qrels}
         warehouse.replace_tables(frames)
-        splits = data.qrels.group_by("split").len().sort("split")
+        splits = qrels.group_by("split").len().sort("split")
         split_counts = {row["split"]: row["len"] for row in splits.iter_rows(named=True)}
         context.log.info(
             f"{data.name}: {data.corpus.height} docs, {data.queries.height} queries, "
@@ -83,14 +94,15 @@ def build_data_assets(settings: dict[str, Settings]) -> list:
         )
         yield MaterializeResult(
             asset_key="qrels",
-            data_version=DataVersion(frame_version(data.qrels)),
+            data_version=DataVersion(frame_version(qrels)),
             metadata={
                 **common,
-                "dagster/row_count": data.qrels.height,
+                "dagster/row_count": qrels.height,
+                "dev_origin": dev_origin or "none",
                 "rows_per_split": MetadataValue.json(split_counts),
                 "queries_per_split": MetadataValue.json({
                     r["split"]: r["n"]
-                    for r in data.qrels.group_by("split").agg(n=_n_unique("query_id")).iter_rows(named=True)
+                    for r in qrels.group_by("split").agg(n=_n_unique("query_id")).iter_rows(named=True)
                 }),
             },
         )

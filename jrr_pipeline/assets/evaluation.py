@@ -1,11 +1,12 @@
-"""[evaluation] evaluation_report: every system side by side on the test split (dev if none)."""
+"""[evaluation] evaluation_report: every system side by side on the test split (dev if none),
+and on the dev split that model selection reads (``selection`` block of the report)."""
 
 
 import time
 from dataclasses import dataclass
 
 import polars as pl
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, AssetKey, MaterializeResult, MetadataValue, asset
 
 from jrr_pipeline.assets.common import DEVICE_POOL, dagster_tags, stage_config
 from jrr_pipeline.assets.negatives import WARMUP_INDEX
@@ -18,9 +19,11 @@ GROUP = "evaluation"
 RECALL_CURVE_KS = (1, 5, 10, 20, 50, 100)
 
 
-def mlflow_metric_name(system: str, measure: str) -> str:
-    """MLflow allows neither '@' nor '+': 'a+b', 'nDCG@10' -> 'a_plus_b.nDCG_at_10'."""
-    return f"{system.replace('+', '_plus_')}.{measure.replace('@', '_at_')}"
+def mlflow_metric_name(system: str, measure: str, prefix: str = "") -> str:
+    """MLflow allows neither '@' nor '+': 'a+b', 'nDCG@10' -> 'a_plus_b.nDCG_at_10' (with a
+    prefix 'dev': 'dev.a_plus_b.nDCG_at_10')."""
+    name = f"{system.replace('+', '_plus_')}.{measure.replace('@', '_at_')}"
+    return f"{prefix}.{name}" if prefix else name
 
 
 def bm25_run(
@@ -53,7 +56,8 @@ def rerank_run(artifacts: ArtifactStore, dataset: str, reranker_asset: str, ware
                ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
     """Rescore each query's top-``depth`` of ``first_stage`` with the cross-encoder.
 
-    Returns (fused run, reranker-only run); see ``jrr_pipeline.ml.fusion``."""
+    Returns (fused run, reranker-only run), each followed by the first stage's tail below
+    ``depth``; see ``jrr_pipeline.ml.fusion``."""
     from jrr_pipeline.ml import fusion
     from jrr_pipeline.ml.inference import autocast_dtype
     from jrr_pipeline.ml.modeling import CrossEncoderReranker
@@ -129,12 +133,18 @@ def system_runs(context, settings, warehouse: Warehouse, artifacts: ArtifactStor
     return runs, timings
 
 
+def split_measures(runs: dict, qrels: pl.DataFrame, split: str) -> dict[str, dict[str, float]]:
+    """{system: {measure: mean}} of every run over the queries of ``split``."""
+    from jrr_pipeline.ml.evaluation import DEFAULT_MEASURES, evaluate
+
+    return {name: evaluate(run, qrels, DEFAULT_MEASURES, split=split) for name, run in runs.items()}
+
+
 def score_runs(runs: dict, qrels: pl.DataFrame, split: str) -> tuple[dict, dict, dict]:
     """(measures per system, recall@k curve per system, per-query nDCG@10 per system)."""
-    from jrr_pipeline.ml.evaluation import DEFAULT_MEASURES, evaluate, per_query
+    from jrr_pipeline.ml.evaluation import evaluate, per_query
 
-    systems = {name: evaluate(run, qrels, DEFAULT_MEASURES, split=split)
-               for name, run in runs.items()}
+    systems = split_measures(runs, qrels, split)
     curve_measures = [f"R@{k}" for k in RECALL_CURVE_KS]
     curves = {name: dict(zip(RECALL_CURVE_KS,
                              evaluate(run, qrels, curve_measures, split=split).values(),
@@ -143,6 +153,19 @@ def score_runs(runs: dict, qrels: pl.DataFrame, split: str) -> tuple[dict, dict,
     per_query_ndcg = {name: per_query(run, qrels, "nDCG@10", split=split)
                       for name, run in runs.items()}
     return systems, curves, per_query_ndcg
+
+
+def split_query_ids(qrels: pl.DataFrame, split: str) -> list[str]:
+    return sorted(qrels.filter(pl.col("split") == split)["query_id"].unique().to_list())
+
+
+def dev_origin(context) -> str:
+    """Where the dev split came from, as the ``qrels`` asset's latest materialization says
+    (metadata ``dev_origin``); "dataset" when it does not say."""
+    event = context.instance.get_latest_materialization_event(AssetKey("qrels"))
+    metadata = event.asset_materialization.metadata if event and event.asset_materialization else {}
+    value = metadata.get("dev_origin")
+    return str(getattr(value, "value", value)) if value is not None else "dataset"
 
 
 def build_evaluation_assets(settings: dict[str, Settings]) -> list:
@@ -157,6 +180,7 @@ def build_evaluation_assets(settings: dict[str, Settings]) -> list:
         code_version=code_version(
             settings["evaluation_report"], __name__, "jrr_pipeline.ml.evaluation.metrics",
             "jrr_pipeline.ml.evaluation.report", "jrr_pipeline.ml.index", "jrr_pipeline.ml.fusion",
+            "jrr_pipeline.ml.ranking",
         ),
         description="nDCG@10, RR@10, R@k, MAP of every system (ir-measures) -> JSON, markdown, "
                     "plots, MLflow",
@@ -164,38 +188,62 @@ def build_evaluation_assets(settings: dict[str, Settings]) -> list:
     def evaluation_report(context: AssetExecutionContext, config: EvalConfig,
                           warehouse: Warehouse, artifacts: ArtifactStore, dataset: DatasetSource,
                           mlflow_tracking: MLflowTracking, compute: Compute) -> MaterializeResult:
-        from jrr_pipeline.ml.evaluation import eval_split, markdown_table
+        from jrr_pipeline.ml.evaluation import eval_split, selection_info
 
         settings = config.settings()
         name = dataset.dataset_name
         qrels = warehouse.table("qrels")
         split = eval_split(qrels)
-        query_ids = sorted(qrels.filter(pl.col("split") == split)["query_id"].unique().to_list())
+        selection = selection_info(qrels, dev_origin(context))
+        dev = selection["split"] if selection["split"] not in (None, split) else None
+        query_ids = split_query_ids(qrels, split)
+        dev_ids = split_query_ids(qrels, dev) if dev else []
         compute.apply_threads()
         with compute.claim(f"evaluation_report ({context.run.run_id[:8]})",
                            on_wait=context.log.warning):
-            runs, timings = system_runs(context, settings, warehouse, artifacts, name, query_ids,
-                                        compute)
+            runs, timings = system_runs(context, settings, warehouse, artifacts, name,
+                                        sorted({*query_ids, *dev_ids}), compute)
         systems, curves, per_query_ndcg = score_runs(runs, qrels, split)
+        dev_systems = split_measures(runs, qrels, dev) if dev else None
         extra = {"num_queries": len(query_ids), "depth": settings.depth,
+                 "rerank_depth": settings.rerank_depth,
+                 "rerank_fusion_weight": settings.rerank_fusion_weight,
+                 "timed_queries": len({*query_ids, *dev_ids}),
                  "seconds": {k: round(v, 3) for k, v in timings.items()}}
         run_id, paths = _record(context, settings, name, split, systems, curves, per_query_ndcg,
-                                extra, artifacts, dataset, mlflow_tracking)
-        warehouse.append("metrics", _metric_rows(run_id, name, split, systems))
-        table = markdown_table(systems)
-        context.log.info(f"evaluation of {name} ({split}):\n{table}")
-        metadata = {"report": MetadataValue.md(table), "mlflow_run_id": run_id, "split": split,
-                    "num_queries": len(query_ids),
-                    "report_path": MetadataValue.path(str(paths["json"]))}
-        for system, values in systems.items():
-            metadata[f"{system}/nDCG@10"] = round(values["nDCG@10"], 4)
-        return MaterializeResult(metadata=metadata)
+                                extra, artifacts, dataset, mlflow_tracking, selection, dev_systems)
+        by_split = {split: systems, **({dev: dev_systems} if dev else {})}
+        warehouse.append("metrics", _metric_rows(run_id, name, by_split))
+        if not dev:
+            context.log.info(f"no dev figures: {selection['note']}")
+        return MaterializeResult(metadata={
+            "mlflow_run_id": run_id, "split": split, "num_queries": len(query_ids),
+            "selection": MetadataValue.json(selection),
+            "report_path": MetadataValue.path(str(paths["json"])),
+            **_figures_metadata(context, name, split, by_split)})
 
     return [evaluation_report]
 
 
+def _figures_metadata(context, dataset: str, report_split: str, by_split: dict) -> dict:
+    """Each split's table, logged and as markdown metadata ("report" for the report split,
+    "<split>_report" for the others), and every system's nDCG@10 ("<split>/"-prefixed but for
+    the report split)."""
+    from jrr_pipeline.ml.evaluation import markdown_table
+
+    metadata: dict = {}
+    for split, systems in by_split.items():
+        table = markdown_table(systems)
+        context.log.info(f"evaluation of {dataset} ({split}):\n{table}")
+        prefix = "" if split == report_split else f"{split}/"
+        metadata["report" if not prefix else f"{split}_report"] = MetadataValue.md(table)
+        metadata.update({f"{prefix}{system}/nDCG@10": round(values["nDCG@10"], 4)
+                         for system, values in systems.items()})
+    return metadata
+
+
 def _record(context, settings, name, split, systems, curves, per_query_ndcg, extra, artifacts,
-            dataset, tracking):
+            dataset, tracking, selection, dev_systems):
     """The MLflow evaluation run (params, metrics, the report as artifacts) and the report
     files; returns (MLflow run id, report paths)."""
     import mlflow
@@ -208,20 +256,31 @@ def _record(context, settings, name, split, systems, curves, per_query_ndcg, ext
         tracking.log_dataset_input(name, str(dataset.directory), dataset.content_hashes(),
                                    context="evaluation")
         mlflow.log_params({"dataset": name, "split": split, "depth": settings.depth,
-                           "num_queries": extra["num_queries"]})
+                           "rerank_depth": settings.rerank_depth,
+                           "rerank_fusion_weight": settings.rerank_fusion_weight,
+                           "num_queries": extra["num_queries"],
+                           "selection_split": selection["split"] or "none",
+                           "selection_origin": selection["origin"] or "none",
+                           "selection_queries": selection["queries"]})
         for system, values in systems.items():
             mlflow.log_metrics({mlflow_metric_name(system, m): v for m, v in values.items()})
+        for system, values in (dev_systems or {}).items():
+            mlflow.log_metrics({mlflow_metric_name(system, m, selection["split"]): v
+                                for m, v in values.items()})
         paths = write_report(artifacts.report_dir(name), name, split, systems, run_id,
-                             extra=extra, per_query=per_query_ndcg, recall_curves=curves)
+                             extra=extra, per_query=per_query_ndcg, recall_curves=curves,
+                             selection=selection, dev_systems=dev_systems)
         mlflow.log_artifacts(str(artifacts.report_dir(name)), artifact_path="report")
     return run_id, paths
 
 
-def _metric_rows(run_id: str, name: str, split: str, systems: dict) -> pl.DataFrame:
-    """Rows of the warehouse's ``metrics`` table (every evaluation appends)."""
+def _metric_rows(run_id: str, name: str, by_split: dict[str, dict]) -> pl.DataFrame:
+    """Rows of the warehouse's ``metrics`` table (every evaluation appends), one per split,
+    system and measure."""
     from datetime import datetime
 
     rows = [(run_id, name, system, split, measure, float(value))
+            for split, systems in by_split.items()
             for system, values in systems.items() for measure, value in values.items()]
     return pl.DataFrame(rows, schema=["run_id", "dataset", "system", "split", "measure", "value"],
                         orient="row").with_columns(

@@ -66,7 +66,7 @@ class Searcher:
         started = time.perf_counter()
         ids, scores = search(self.index, self.doc_ids, q, depth)
         timings["search_ms"] = (time.perf_counter() - started) * 1000
-        ranked = list(zip(ids[0], scores[0].tolist(), strict=False))
+        ranked = list(zip(ids[0], scores[0].tolist(), strict=True))
         if self.reranker is not None:
             started = time.perf_counter()
             pairs = [(query, passage_text(*self.docs[d])) for d, _ in ranked]

@@ -171,11 +171,12 @@ def load_index(directory: str | Path) -> tuple[faiss.Index, list[str]]:
 
 def search(
     index: faiss.Index, doc_ids: list[str], query_embeddings: np.ndarray, k: int
-) -> tuple[list[list[str]], np.ndarray]:
-    """Top-``k`` doc ids per query and float32 scores [Q, k'] with k' = min(k, ntotal).
+) -> tuple[list[list[str]], list[np.ndarray]]:
+    """Top-``k`` doc ids per query and, aligned with them, float32 scores per query: ``ids[i]``
+    and ``scores[i]`` have the same length, at most min(k, ntotal).
 
-    Rows FAISS could not fill (possible with HNSW/IVF) are dropped from the id lists and get
-    a score of -inf (ip) or +inf (l2).
+    Hits FAISS could not fill (id -1, possible with HNSW/IVF: a query whose probed lists hold
+    fewer than k vectors) are dropped from both, so a query may get fewer than k.
     """
     if k < 1:
         raise ValueError(f"search: k must be >= 1, got {k}")
@@ -184,14 +185,13 @@ def search(
         raise ValueError(f"search: queries have dim {q.shape[1]}, the index has {index.d}")
     k = min(k, int(index.ntotal))
     if k == 0:
-        return [[] for _ in range(len(q))], np.zeros((len(q), 0), dtype=np.float32)
+        return [[] for _ in range(len(q))], [np.zeros(0, dtype=np.float32) for _ in range(len(q))]
     scores, rows = index.search(q, k)
-    missing = rows < 0
-    if missing.any():
-        worst = np.inf if index.metric_type == faiss.METRIC_L2 else -np.inf
-        scores = np.where(missing, worst, scores)
-    ids = [[doc_ids[r] for r in row if r >= 0] for row in rows]
-    return ids, scores.astype(np.float32, copy=False)
+    found = rows >= 0
+    ids = [[doc_ids[r] for r in row[keep]] for row, keep in zip(rows, found, strict=True)]
+    kept = [row[keep].astype(np.float32, copy=False)
+            for row, keep in zip(scores, found, strict=True)]
+    return ids, kept
 
 
 def _skip_polysemous_training(index: faiss.Index) -> None:

@@ -47,3 +47,19 @@ def autocast_context(
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def full_precision(device: torch.device | str) -> contextlib.AbstractContextManager:
+    """Autocast off on ``device``'s type: scores, softmaxes and KLs run in fp32 inside it.
+
+    Under bf16 autocast even ``a.float() @ b.float().T`` runs in bf16; with a temperature of
+    0.05 the logits reach ~20, where one bf16 step is 0.06-0.125. Callers ``.float()`` their
+    inputs inside this block."""
+    kind = torch.device(device).type
+    return torch.autocast(device_type=kind, enabled=False)
+
+
+def score_matrix(q: torch.Tensor, p: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """``scale * q @ p.T`` in fp32, whatever autocast is active: [Q, H] x [P, H] -> [Q, P]."""
+    with full_precision(q.device):
+        return (q.float() @ p.float().T) * scale

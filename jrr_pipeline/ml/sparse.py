@@ -209,9 +209,12 @@ def corpus_texts(corpus: pl.DataFrame, include_title: bool = True) -> list[str]:
 
 
 def run_from_search(
-    query_ids: Sequence[str], doc_ids: Sequence[Sequence[str]], scores: np.ndarray
+    query_ids: Sequence[str],
+    doc_ids: Sequence[Sequence[str]],
+    scores: np.ndarray | Sequence[Sequence[float]],
 ) -> dict[str, dict[str, float]]:
-    """A run {query_id: {doc_id: score}} (the ir-measures format) from `search` output."""
+    """A run {query_id: {doc_id: score}} (the ir-measures format) from `search` output: a [Q, k]
+    score matrix (BM25) or one score row per query as long as its doc list (FAISS)."""
     if not len(query_ids) == len(doc_ids) == len(scores):
         raise ValueError(
             f"run_from_search: {len(query_ids)} query ids, {len(doc_ids)} doc lists,"

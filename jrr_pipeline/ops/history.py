@@ -46,7 +46,8 @@ def metric_history(
 
 
 def plot_history(frame: pl.DataFrame, out_png: Path, measure: str = "nDCG@10") -> Path:
-    """A line per system (``dataset/system`` when several datasets), the measure over time, to PNG.
+    """A line per system (``dataset/system`` when several datasets, ``system (split)`` when several
+    splits), the measure over time, to PNG.
 
     Written to a temporary file beside ``out_png`` and renamed over it, so a failure never leaves a
     half-written plot. Raises ValueError for an empty frame.
@@ -63,6 +64,8 @@ def plot_history(frame: pl.DataFrame, out_png: Path, measure: str = "nDCG@10") -
         raise ValueError(f"no {measure} history to plot: no evaluation has been stored yet")
     several = "dataset" in frame.columns and frame["dataset"].n_unique() > 1
     label = pl.concat_str(["dataset", "system"], separator="/") if several else pl.col("system")
+    if "split" in frame.columns and frame["split"].n_unique() > 1:  # e.g. test and dev rows
+        label = pl.concat_str([label, pl.lit(" ("), pl.col("split"), pl.lit(")")])
     frame = frame.with_columns(label.alias("_label")).sort("created_at")
 
     out_png = Path(out_png)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from jrr_pipeline.ml import index as index_module
+from jrr_pipeline.ml.evaluation import evaluate
 from jrr_pipeline.ml.index import (
     build_index,
     encode_corpus,
@@ -19,6 +20,7 @@ from jrr_pipeline.ml.index import (
     save_index,
     search,
 )
+from jrr_pipeline.ml.sparse import run_from_search
 from jrr_pipeline.ml.text import passage_texts
 
 
@@ -63,7 +65,7 @@ def test_flat_is_exact(data: tuple[np.ndarray, np.ndarray, list[str]]) -> None:
     top = np.argsort(-brute, axis=1)[:, :10]
     assert found == [[ids[j] for j in row] for row in top]
     np.testing.assert_allclose(scores, np.take_along_axis(brute, top, axis=1), rtol=1e-5)
-    assert scores.dtype == np.float32 and scores.shape == (100, 10)
+    assert len(scores) == 100 and all(r.dtype == np.float32 and r.shape == (10,) for r in scores)
 
     l2 = build_index(x, "Flat", metric="l2")
     found_l2, d2 = search(l2, ids, q[:5], k=3)
@@ -94,17 +96,36 @@ def test_search_params_are_applied(data: tuple[np.ndarray, np.ndarray, list[str]
     assert faiss.extract_index_ivf(ivf).nprobe == 3
 
 
-def test_unfilled_results_are_dropped() -> None:
+def test_unfilled_results_are_dropped_with_their_scores() -> None:
+    """FAISS pads what an IVF probe cannot fill with id -1: ids and scores stay aligned."""
     x = _clustered(n=200, clusters=4)
     ids = [str(i) for i in range(200)]
     index = build_index(x, "IVF16,Flat", nprobe=1)  # one list of ~12 rows cannot fill k=50
     found, scores = search(index, ids, x[:3], k=50)
-    for row, row_scores in zip(found, scores, strict=True):
-        assert 0 < len(row) < 50
-        assert np.isneginf(row_scores[len(row) :]).all()
-        assert np.isfinite(row_scores[: len(row)]).all()
+    brute = x[:3] @ x.T
+    for q, (row, row_scores) in enumerate(zip(found, scores, strict=True)):
+        assert 0 < len(row) == len(row_scores) < 50
+        assert np.isfinite(row_scores).all() and (np.diff(row_scores) <= 1e-6).all()
+        np.testing.assert_allclose(row_scores, brute[q, [int(d) for d in row]], rtol=1e-5)
     found_all, scores_all = search(build_index(x, "Flat"), ids, x[:2], k=500)
-    assert scores_all.shape == (2, 200) and len(found_all[0]) == 200
+    assert [len(r) for r in scores_all] == [200, 200] and len(found_all[0]) == 200
+
+
+def test_ivf_run_with_short_lists_evaluates() -> None:
+    """Fewer than k hits for some queries (IVF8,Flat, nprobe 1): the run is built and scored."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    ids = [f"d{i}" for i in range(300)]
+    q = x[:20] + 0.001 * rng.normal(size=(20, 8)).astype(np.float32)
+    found, scores = search(build_index(x, "IVF8,Flat", nprobe=1), ids, q, k=100)
+    assert any(len(row) < 100 for row in found)
+    qids = [f"q{i}" for i in range(20)]
+    run = run_from_search(qids, found, scores)
+    assert all(len(run[qid]) == len(row) for qid, row in zip(qids, found, strict=True))
+    # each query's own (perturbed) vector is its nearest neighbour, inside its own probed list
+    got = evaluate(run, {f"q{i}": {f"d{i}": 1} for i in range(20)}, ["RR@10", "R@100"])
+    assert got == {"RR@10": 1.0, "R@100": 1.0}
 
 
 def test_bad_inputs_are_rejected(data: tuple[np.ndarray, np.ndarray, list[str]]) -> None:

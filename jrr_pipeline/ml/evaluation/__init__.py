@@ -6,6 +6,7 @@ from jrr_pipeline.ml.evaluation.metrics import (
     evaluate,
     monitor_split,
     per_query,
+    selection_info,
 )
 from jrr_pipeline.ml.evaluation.report import markdown_table, read_report, write_report
 
@@ -17,5 +18,6 @@ __all__ = [
     "monitor_split",
     "per_query",
     "read_report",
+    "selection_info",
     "write_report",
 ]

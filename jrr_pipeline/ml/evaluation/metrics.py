@@ -6,14 +6,23 @@ directly silently returns the uncut reciprocal rank for RR@10 (a test guards thi
 
 Averages are over every query of the evaluated split's qrels: a query the run does not answer
 scores 0 (ir-measures alone would average only over the queries present in the run).
+
+One tie-break for every measure: runs reach ir-measures as ranks (``jrr_pipeline.ml.ranking``),
+ordered by score, then doc id. pytrec_eval and the msmarco provider break score ties differently,
+so without this a run with tied documents got an nDCG@10 and an RR@10 of two different orders. A
+reranked run comes from ``jrr_pipeline.ml.fusion`` already ranked, its ties broken by first-stage
+order.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import ir_measures
 import polars as pl
+
+from jrr_pipeline.ml.ranking import ranked_run
 
 DEFAULT_MEASURES: tuple[str, ...] = (
     "nDCG@10",
@@ -25,6 +34,10 @@ DEFAULT_MEASURES: tuple[str, ...] = (
     "R@100",
     "MAP",
 )
+
+# The split model selection reads (never test), and where it can come from.
+SELECTION_SPLIT = "dev"
+DEV_ORIGINS = ("carved from train", "dataset")
 
 # Our report names -> ir-measures names (anything else is passed to ir_measures as is).
 _ALIASES = {"MAP": "AP", "MRR@10": "RR@10", "MRR": "RR"}
@@ -47,6 +60,28 @@ def eval_split(qrels: pl.DataFrame) -> str:
         if name in splits:
             return name
     raise ValueError(f"qrels have no test or dev split (splits: {sorted(splits)})")
+
+
+def selection_info(qrels: pl.DataFrame, origin: str = "dataset") -> dict[str, Any]:
+    """The report's "selection" block: the split anything tuned on scores is chosen on.
+
+    With a dev split: {"split": "dev", "origin": origin, "queries": N}, ``origin`` saying where
+    dev came from ("carved from train" or "dataset"); a "note" is added when there is no test
+    split, as the report's own figures are then on dev. Without a dev split:
+    {"split": None, "origin": None, "queries": 0, "note": ...}.
+    """
+    dev = qrels.filter(pl.col("split") == SELECTION_SPLIT)
+    if dev.height == 0:
+        return {"split": None, "origin": None, "queries": 0,
+                "note": "no dev split: no dev figures, and nothing was selected on this "
+                        "dataset's scores"}
+    if origin not in DEV_ORIGINS:
+        raise ValueError(f"selection_info: origin must be one of {DEV_ORIGINS}, got {origin!r}")
+    info: dict[str, Any] = {"split": SELECTION_SPLIT, "origin": origin,
+                            "queries": dev["query_id"].n_unique()}
+    if "test" not in set(qrels["split"].unique().to_list()):
+        info["note"] = "no test split: the report's figures are on dev, not held out"
+    return info
 
 
 def monitor_split(qrels: pl.DataFrame) -> str:
@@ -77,11 +112,12 @@ def _qrels_dict(qrels: Qrels, split: str | None) -> dict[str, dict[str, int]]:
 
 def _run_dict(run: Run, query_ids: set[str]) -> dict[str, dict[str, float]]:
     # Only judged queries matter; dropping the rest keeps pytrec_eval's work small.
-    return {
+    judged = {
         str(q): {str(d): float(s) for d, s in docs.items()}
         for q, docs in run.items()
         if str(q) in query_ids and docs
     }
+    return ranked_run(judged)
 
 
 def _per_query_all(

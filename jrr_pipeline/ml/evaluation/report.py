@@ -15,6 +15,7 @@ from jrr_pipeline.ml.io import atomic_write_bytes, atomic_write_json, atomic_wri
 JSON_NAME = "evaluation.json"
 MARKDOWN_NAME = "evaluation.md"
 BASE_KEYS = ("dataset", "split", "systems", "mlflow_run_id")
+SELECTION_KEYS = ("selection", "dev_systems")
 
 
 def _fmt(value: float | None) -> str:
@@ -55,6 +56,33 @@ def _clean_systems(systems: Mapping[str, Mapping[str, float]]) -> dict[str, dict
     return out
 
 
+def _ordered_measures(systems: Mapping[str, Mapping[str, float]]) -> list[str]:
+    measures = list(dict.fromkeys(m for v in systems.values() for m in v))
+    return [m for m in DEFAULT_MEASURES if m in measures] + [
+        m for m in measures if m not in DEFAULT_MEASURES
+    ]
+
+
+def _selection_lines(split: str, selection: Mapping[str, Any] | None,
+                     dev_systems: dict[str, dict[str, float]] | None) -> list[str]:
+    """The markdown section on model selection and the dev figures."""
+    if selection is None:
+        return []
+    lines = ["## Model selection", ""]
+    if selection.get("split"):
+        lines.append(f"Everything chosen from scores (rerank depth, fusion weight) is chosen on "
+                     f"`{selection['split']}` ({selection.get('origin')}, "
+                     f"{selection.get('queries')} queries); `{split}` is read only by this report.")
+    if selection.get("note"):
+        lines.append(f"{'' if selection.get('split') else 'No selection split: '}"
+                     f"{selection['note']}.")
+    lines.append("")
+    if dev_systems:
+        lines += [f"### {selection.get('split')} figures", "",
+                  markdown_table(dev_systems, _ordered_measures(dev_systems)), ""]
+    return lines
+
+
 def _markdown(
     dataset: str,
     split: str,
@@ -62,11 +90,9 @@ def _markdown(
     mlflow_run_id: str | None,
     extra: Mapping[str, Any],
     plot_files: list[Path],
+    selection: Mapping[str, Any] | None = None,
+    dev_systems: dict[str, dict[str, float]] | None = None,
 ) -> str:
-    measures = list(dict.fromkeys(m for v in systems.values() for m in v))
-    ordered = [m for m in DEFAULT_MEASURES if m in measures] + [
-        m for m in measures if m not in DEFAULT_MEASURES
-    ]
     lines = [
         f"# Evaluation: {dataset}",
         "",
@@ -78,12 +104,15 @@ def _markdown(
         for key, value in extra.items()
         if isinstance(value, str | int | float | bool)
     ]
-    lines += ["", markdown_table(systems, ordered), ""]
+    if dev_systems:
+        lines += ["", f"### {split} figures"]
+    lines += ["", markdown_table(systems, _ordered_measures(systems)), ""]
+    lines += _selection_lines(split, selection, dev_systems)
     counts = extra.get("win_loss")
     if counts:
         lines += [f"Per-query {extra.get('win_loss_measure', 'nDCG@10')} against "
-                  f"`{extra.get('win_loss_baseline')}`:", "", "| system | wins | losses | ties |",
-                  "|---|---:|---:|---:|"]
+                  f"`{extra.get('win_loss_baseline')}` ({split}):", "",
+                  "| system | wins | losses | ties |", "|---|---:|---:|---:|"]
         lines += [f"| {name} | {c['wins']} | {c['losses']} | {c['ties']} |" for name, c in counts.items()]
         lines.append("")
     lines += [f"![{p.stem}]({p.name})" for p in plot_files]
@@ -119,11 +148,16 @@ def write_report(
     recall_curves: dict[str, dict[int, float]] | None = None,
     per_query_measure: str = "nDCG@10",
     win_loss_baseline: str | None = "warmup_retriever",
+    selection: Mapping[str, Any] | None = None,
+    dev_systems: dict[str, dict[str, float]] | None = None,
 ) -> dict[str, Any]:
     """Write the report files into `out_dir` and return their paths.
 
     evaluation.json holds exactly {"dataset", "split", "systems", "mlflow_run_id"} plus the keys
-    of `extra` (which must be JSON-serialisable and must not reuse those four names).
+    of `extra` (which must be JSON-serialisable and must not reuse those names, "selection" or
+    "dev_systems"). `selection` (``metrics.selection_info``) adds "selection" and a markdown
+    section; `dev_systems` (same shape as `systems`, measured on the selection split) adds
+    "dev_systems" and a second table.
     `per_query` ({system: {query_id: value of per_query_measure}}) adds per_query.json and a
     plot and, when `win_loss_baseline` is one of its systems, per-query win / loss / tie counts of
     every other system against it (JSON "win_loss" and a markdown table);
@@ -133,7 +167,9 @@ def write_report(
     if not systems:
         raise ValueError("write_report: no systems to report")
     extra = dict(extra or {})
-    clash = sorted(set(extra) & set(BASE_KEYS))
+    if dev_systems and not (selection and selection.get("split")):
+        raise ValueError("write_report: dev_systems given without a selection split")
+    clash = sorted(set(extra) & {*BASE_KEYS, *SELECTION_KEYS})
     if clash:
         raise ValueError(f"write_report: extra keys {clash} clash with the report's own keys")
     if per_query and win_loss_baseline in per_query and len(per_query) > 1:
@@ -141,6 +177,7 @@ def write_report(
                      win_loss_baseline=win_loss_baseline, win_loss_measure=per_query_measure)
     out_dir = Path(out_dir)
     clean = _clean_systems(systems)
+    clean_dev = _clean_systems(dev_systems) if dev_systems else None
     measures = list(dict.fromkeys(m for v in clean.values() for m in v))
     outputs: dict[str, Any] = {"plots": []}
 
@@ -161,17 +198,18 @@ def write_report(
         outputs["per_query"] = pq_json
 
     md = out_dir / MARKDOWN_NAME
-    text = _markdown(dataset, split, clean, mlflow_run_id, extra, outputs["plots"])
+    text = _markdown(dataset, split, clean, mlflow_run_id, extra, outputs["plots"], selection,
+                     clean_dev)
     atomic_write_text(md, text)
     outputs["markdown"] = md
 
-    report = {
-        "dataset": dataset,
-        "split": split,
-        "systems": clean,
-        "mlflow_run_id": mlflow_run_id,
-        **extra,
-    }
+    report: dict[str, Any] = {"dataset": dataset, "split": split}
+    if selection is not None:
+        report["selection"] = dict(selection)
+    report["systems"] = clean
+    if clean_dev:
+        report["dev_systems"] = clean_dev
+    report.update(mlflow_run_id=mlflow_run_id, **extra)
     js = out_dir / JSON_NAME
     atomic_write_json(js, report, sort_keys=False, ensure_ascii=False, newline=True)
     outputs["json"] = js
@@ -198,4 +236,7 @@ def read_report(path: str | Path) -> dict:
         isinstance(v, dict) for v in report["systems"].values()
     ):
         raise ValueError(f"{path}: field 'systems': expected {{system: {{measure: value}}}}")
+    dev = report.get("dev_systems", {})
+    if not isinstance(dev, dict) or not all(isinstance(v, dict) for v in dev.values()):
+        raise ValueError(f"{path}: field 'dev_systems': expected {{system: {{measure: value}}}}")
     return report

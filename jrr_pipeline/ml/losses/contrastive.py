@@ -6,7 +6,9 @@ For query i with passages laid out ``[pos_0, neg_0_1..neg_0_n, pos_1, ...]`` (1 
 
 where j runs over every passage of the (gathered) batch: the query's own hard negatives, the
 other queries' positives and negatives, and, with ``cross_batch``, the passages of all DDP
-ranks. ``s`` is the scale (1 / temperature).
+ranks; ``mask`` removes columns that must not count as negatives of query i (its other labelled
+positives, copies of its positive). ``s`` is the scale (1 / temperature). Logits and the
+softmax are computed in fp32 outside autocast.
 
 References: Karpukhin et al. 2020, "Dense Passage Retrieval for Open-Domain Question
 Answering" (DPR, in-batch negatives); Qu et al. 2021, "RocketQA: An Optimized Training
@@ -21,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from jrr_pipeline.ml.losses.distributed import dist_ready, gather_with_grad
+from jrr_pipeline.ml.precision import full_precision, score_matrix
 
 
 class InfoNCELoss(nn.Module):
@@ -36,8 +39,10 @@ class InfoNCELoss(nn.Module):
         self.cross_batch = cross_batch
         self.last_num_passages = 0
 
-    def forward(self, q: Tensor, p: Tensor, scale: float) -> Tensor:
-        """Mean loss over the local queries; ``q`` [B, H], ``p`` [B * (1 + n), H]."""
+    def forward(self, q: Tensor, p: Tensor, scale: float, mask: Tensor | None = None) -> Tensor:
+        """Mean loss over the local queries; ``q`` [B, H], ``p`` [B * (1 + n), H]; ``mask``
+        [B, passages in the logits] is True where a column is not a negative of that query
+        (never its own positive's column)."""
         if q.dim() != 2 or p.dim() != 2 or q.shape[1] != p.shape[1]:
             raise ValueError(
                 f"InfoNCELoss: expected q [B, H] and p [B*(1+n), H], got {tuple(q.shape)} "
@@ -54,6 +59,14 @@ class InfoNCELoss(nn.Module):
             offset = dist.get_rank() * p.shape[0]
             p = gather_with_grad(p)
         self.last_num_passages = p.shape[0]
-        logits = (q @ p.T) * scale
         target = offset + torch.arange(q.shape[0], device=q.device) * group
-        return F.cross_entropy(logits.float(), target)
+        with full_precision(q.device):
+            logits = score_matrix(q, p, scale)
+            if mask is not None:
+                if mask.shape != logits.shape:
+                    raise ValueError(f"InfoNCELoss: mask {tuple(mask.shape)} does not match the "
+                                     f"logits {tuple(logits.shape)}")
+                if mask.gather(1, target[:, None].to(mask.device)).any():
+                    raise ValueError("InfoNCELoss: the mask hides a query's own positive")
+                logits = logits.masked_fill(mask.to(logits.device), float("-inf"))
+            return F.cross_entropy(logits, target)

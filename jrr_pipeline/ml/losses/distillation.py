@@ -10,13 +10,17 @@ Retrieval and Passage Re-ranking", EMNLP, eq. 6). ``direction="ce||de"`` gives K
 the form most implementations minimise (the teacher's distribution weights the log ratio).
 
 Dynamic listwise distillation (RocketQAv2) lets the gradient reach both models; the ``static``
-ablation (``detach_teacher=True``) freezes the reranker's side, i.e. plain knowledge distillation.
+ablation (``detach_teacher=True``) freezes the reranker's side, i.e. plain knowledge distillation,
+where the teacher's distribution is the target (``direction="ce||de"``, forward KL, whose
+gradient is that of the cross-entropy -sum p_ce log p_de). Computed in fp32 outside autocast.
 """
 
 from __future__ import annotations
 
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from jrr_pipeline.ml.precision import full_precision
 
 DIRECTIONS = ("de||ce", "ce||de")
 
@@ -39,8 +43,9 @@ class ListwiseKLLoss(nn.Module):
             raise ValueError(f"ListwiseKLLoss: expected two [B, L] tensors, got "
                              f"{tuple(retriever_scores.shape)} and {tuple(reranker_scores.shape)}")
         ce = reranker_scores.detach() if self.detach_teacher else reranker_scores
-        log_de = F.log_softmax(retriever_scores.float() / self.temperature, dim=-1)
-        log_ce = F.log_softmax(ce.float() / self.temperature, dim=-1)
-        if self.direction == "de||ce":
-            return (log_de.exp() * (log_de - log_ce)).sum(-1).mean()
-        return (log_ce.exp() * (log_ce - log_de)).sum(-1).mean()
+        with full_precision(retriever_scores.device):
+            log_de = F.log_softmax(retriever_scores.float() / self.temperature, dim=-1)
+            log_ce = F.log_softmax(ce.float() / self.temperature, dim=-1)
+            if self.direction == "de||ce":
+                return (log_de.exp() * (log_de - log_ce)).sum(-1).mean()
+            return (log_ce.exp() * (log_ce - log_de)).sum(-1).mean()

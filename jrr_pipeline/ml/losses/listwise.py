@@ -7,7 +7,7 @@ For scores s_i = [s_i1 .. s_iL] of query i's list and the index t_i of its posit
 References: Ren et al. 2021, "RocketQAv2: A Joint Training Method for Dense Passage Retrieval
 and Passage Re-ranking" (listwise training of the re-ranker); Gao et al. 2021, "Rethink
 Training of BERT Rerankers in Multi-Stage Retrieval Pipeline" (Localized Contrastive
-Estimation).
+Estimation). Computed in fp32 outside autocast; masked-out columns may hold -inf.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from jrr_pipeline.ml.precision import full_precision
 
 
 class ListwiseCELoss(nn.Module):
@@ -32,4 +34,5 @@ class ListwiseCELoss(nn.Module):
                 f"ListwiseCELoss: target shape {tuple(target.shape)} does not match "
                 f"{scores.shape[0]} lists"
             )
-        return F.cross_entropy(scores.float(), target.long())
+        with full_precision(scores.device):
+            return F.cross_entropy(scores.float(), target.long())

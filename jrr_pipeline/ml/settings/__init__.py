@@ -8,7 +8,7 @@ from importlib import import_module
 _BASE = {"Settings", "knob"}
 _STAGES = {"STAGES", "DatasetSettings", "BM25IndexSettings", "BM25NegativesSettings", "DenoisedCandidatesSettings",
            "DenseNegativesSettings", "EvaluationSettings", "FaissIndexSettings", "JointSettings",
-           "WarmupRerankerSettings", "WarmupRetrieverSettings", "WarmupSettings"}
+           "QrelsSettings", "WarmupRerankerSettings", "WarmupRetrieverSettings", "WarmupSettings"}
 
 
 def __getattr__(name: str):

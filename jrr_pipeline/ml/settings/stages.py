@@ -58,6 +58,20 @@ class DatasetSettings(Settings):
 
 
 @dataclass(frozen=True)
+class QrelsSettings(Settings):
+    """The dev split that model selection reads. A dataset without one gets it carved from train:
+    a deterministic share of the train queries (by a hash of their ids), never trained on."""
+
+    stage: ClassVar[str] = "qrels"
+
+    dev_fraction: float = knob(0.1, "share of the train queries carved into dev when the dataset "
+                                    "has no dev split (0 = carve none)", ge=0, lt=1)
+    dev_min_queries: int = knob(30, "carve at least this many dev queries (at most half of the "
+                                    "train queries)", ge=1)
+    dev_seed: int = knob(0, "seed of the carve (which queries go to dev)")
+
+
+@dataclass(frozen=True)
 class BM25IndexSettings(Settings):
     """BM25 over the corpus. k1=1.2, b=0.75 are Lucene's own defaults; with the Lucene variant,
     English stemming, English stopwords and titles they give nDCG@10 0.679 on SciFact test."""
@@ -238,12 +252,19 @@ class JointSettings(Settings):
     ar2_iterations: int = knob(2, "ar2: ranker + retriever phase pairs", ge=1)
     ar2_ranker_steps: int = knob(20, "ar2: optimizer steps per ranker phase", ge=1)
     ar2_retriever_steps: int = knob(20, "ar2: optimizer steps per retriever phase", ge=1)
-    ar2_lambda: float = knob(0.5, "ar2: weight of the adversarial term vs the KL term",
-                             ge=0, le=1)
+    ar2_lambda: float = knob(1.0, "ar2: weight of KL(p_ranker || p_retriever) added to the "
+                                  "adversarial term (AR2's official code writes c * adv + (1 - c) * "
+                                  "KL; its c = 0.5 is lambda = 1)", ge=0)
+    ar2_reward: Literal["listwise", "pairwise"] = knob(
+        "listwise", "ar2: adversarial term over the whole list (the paper's expectation) or with "
+                    "the official code's pairwise reward log sigmoid(s_+ - s_d)")
     ar2_refresh_every: int = knob(
         1, "ar2: re-encode the corpus and re-draw the lists every N iterations (0 = never, the "
            "no-refresh ablation)", ge=0)
     ar2_refresh_top_k: int = knob(30, "ar2: retrieval depth of a refresh", ge=1)
+    ar2_refresh_tau_neg: float = knob(
+        0.1, "ar2: a refreshed passage stays a negative only if the current ranker's probability "
+             "that it beats the positive is below this (RocketQA denoising)", gt=0, le=1)
     encode_batch_size: int = knob(64, "ar2: passages per batch when a refresh encodes the corpus",
                                   ge=1)
     grad_cache_chunk: int = knob(
@@ -298,6 +319,7 @@ class EvaluationSettings(Settings):
 
 
 STAGES: dict[str, type[Settings]] = {cls.stage: cls for cls in (
-    DatasetSettings, BM25IndexSettings, BM25NegativesSettings, WarmupRetrieverSettings, WarmupRerankerSettings,
+    DatasetSettings, QrelsSettings, BM25IndexSettings, BM25NegativesSettings,
+    WarmupRetrieverSettings, WarmupRerankerSettings,
     DenseNegativesSettings, DenoisedCandidatesSettings, JointSettings, FaissIndexSettings,
     EvaluationSettings)}

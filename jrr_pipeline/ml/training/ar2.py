@@ -3,15 +3,17 @@
 Zhang et al. 2022, "Adversarial Retriever-Ranker for Dense Text Retrieval" (ICLR). One iteration:
 
 1. **refresh** (ANCE-style, Xiong et al. 2021): re-encode the corpus with the current retriever,
-   rebuild the FAISS index, retrieve each train query's top ``ar2_refresh_top_k`` and draw a new list
-   (positive + ``list_length - 1`` negatives from the retrieved passages that are not labelled
-   positives and not flagged false negatives). Iteration 0 uses the lists it is given (the
-   denoised candidates); with ``ar2_refresh_every = 0`` every iteration does (the "no refresh"
-   ablation).
+   rebuild the FAISS index, retrieve each train query's top ``ar2_refresh_top_k``, denoise them
+   with the current ranker (RocketQA's threshold ``ar2_refresh_tau_neg`` on the probability of
+   beating the positive) and draw one list per labelled positive from what is kept (labelled
+   positives and the warm-up's flagged false negatives are never negatives). Iteration 0 uses the
+   lists it is given (the denoised candidates); with ``ar2_refresh_every = 0`` every iteration
+   does (the "no refresh" ablation).
 2. **ranker phase**: ``ar2_ranker_steps`` steps of listwise CE of the reranker (``RerankerListTask``).
-3. **retriever phase**: ``ar2_retriever_steps`` steps of lambda * adversarial + (1 - lambda) * KL
-   against the frozen ranker (``AR2RetrieverTask`` / ``losses.adversarial``), plus, when
-   ``retriever_ce_weight`` > 0 (our addition), that weight times the retriever's own listwise CE.
+3. **retriever phase**: ``ar2_retriever_steps`` steps of the adversarial term + lambda *
+   KL(p_ranker || p_retriever) against the frozen ranker (``AR2RetrieverTask`` /
+   ``losses.adversarial``), plus, when ``retriever_ce_weight`` > 0 (our addition), that weight
+   times the retriever's own listwise CE.
 
 Every phase is a ``train`` call with its own state directory, so a killed run resumes mid-phase
 bit-exactly; finished phases and refreshes leave their checkpoint / list files and are skipped.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,9 +38,10 @@ from torch import Tensor
 from jrr_pipeline.ml.io import atomic_write_json, replace_dir_atomic
 from jrr_pipeline.ml.losses import ListwiseCELoss
 from jrr_pipeline.ml.modeling import CrossEncoderReranker, DenseRetriever
+from jrr_pipeline.ml.precision import autocast_dtype, use_bf16
 from jrr_pipeline.ml.sampling import sample_without_replacement
 from jrr_pipeline.ml.settings import JointSettings
-from jrr_pipeline.ml.training.distributed import is_main_process
+from jrr_pipeline.ml.training.distributed import is_main_process, training_device
 from jrr_pipeline.ml.training.lists import (
     CandidateList,
     prepare_joint,
@@ -79,9 +83,9 @@ class AR2RetrieverTask:
     adversarial and KL terms only see the ranker, which on a small train set is a weaker ranker
     than the retriever itself."""
 
-    def __init__(self, retriever: DenseRetriever, reranker: CrossEncoderReranker, lam: float = 0.5,
+    def __init__(self, retriever: DenseRetriever, reranker: CrossEncoderReranker, lam: float = 1.0,
                  temperature: float = 1.0, chunk_pairs: int = 0,
-                 retriever_ce_weight: float = 0.0) -> None:
+                 retriever_ce_weight: float = 0.0, reward: str = "listwise") -> None:
         from jrr_pipeline.ml.losses.adversarial import AR2RetrieverLoss
 
         if retriever_ce_weight < 0:
@@ -89,12 +93,16 @@ class AR2RetrieverTask:
         self.retriever = retriever
         self.reranker = reranker
         self.chunk_pairs = chunk_pairs
-        self.loss_fn = AR2RetrieverLoss(lam=lam, temperature=temperature)
+        self.loss_fn = AR2RetrieverLoss(lam=lam, temperature=temperature, reward=reward)
         self.retriever_ce_weight = retriever_ce_weight
         self.ce = ListwiseCELoss()
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"retriever": self.retriever}
+
+    def frozen_modules(self) -> dict[str, torch.nn.Module]:
+        """The ranker: used as the teacher, trained only in the ranker phase."""
+        return {"reranker": self.reranker}
 
     def loss(self, batch: list[CandidateList]) -> tuple[Tensor, dict[str, float]]:
         self.reranker.eval()
@@ -129,61 +137,109 @@ class RefreshData:
     eval_qrels: pl.DataFrame | None = None
 
 
-def refreshed_lists(retriever, data: RefreshData, list_length: int, top_k: int, seed: int,
-                    batch_size: int = 64, progress: bool = True
-                    ) -> tuple[list[CandidateList], dict[str, float]]:
-    """Encode the corpus with ``retriever``, index it, draw one list per train query; also evaluate
-    the eval queries (nDCG@10, R@100) on the fresh index when ``data`` has them."""
+def refreshed_lists(retriever, reranker, data: RefreshData, list_length: int, top_k: int,
+                    seed: int, tau_neg: float = 0.1, batch_size: int = 64, progress: bool = True,
+                    autocast_dtype=None) -> tuple[list[CandidateList], dict[str, float]]:
+    """Encode the corpus with ``retriever``, index it, retrieve each train query's top ``top_k``,
+    denoise them with the current ``reranker`` (RocketQA: a passage stays a negative only if its
+    probability of beating the query's positive, sigmoid(s - s_positive), is below ``tau_neg``)
+    and draw one list per labelled positive. Also evaluates the eval queries (nDCG@10, R@100) on
+    the fresh index when ``data`` has them. Returns the lists and the refresh's figures."""
     from jrr_pipeline.ml.index import build_index, search
 
     started = time.perf_counter()
     retriever.eval()
-    emb = retriever.embed(data.passages, kind="passage", batch_size=batch_size, progress=progress)
+    emb = retriever.embed(data.passages, kind="passage", batch_size=batch_size, progress=progress,
+                          autocast_dtype=autocast_dtype)
     index = build_index(emb)
     encode_s = time.perf_counter() - started
     qids = sorted(q for q in data.positives if q in data.query_text)
-    q_emb = retriever.embed([data.query_text[q] for q in qids], kind="query", batch_size=batch_size)
+    q_emb = retriever.embed([data.query_text[q] for q in qids], kind="query",
+                            batch_size=batch_size, autocast_dtype=autocast_dtype)
     hits, _ = search(index, data.doc_ids, q_emb, top_k)
     text_of = dict(zip(data.doc_ids, data.passages, strict=True))
+    retrieved = {qid: [d for d in docs if d not in set(data.positives[qid])
+                       | data.flagged.get(qid, set())]
+                 for qid, docs in zip(qids, hits, strict=True)}
+    started = time.perf_counter()
+    pools, removed = _denoised_pools(reranker, data, retrieved, text_of, tau_neg, batch_size,
+                                     progress, autocast_dtype)
     rng = np.random.default_rng(seed)
     lists, short = [], 0
-    for qid, docs in zip(qids, hits, strict=True):
-        banned = set(data.positives[qid]) | data.flagged.get(qid, set())
-        pool = [d for d in docs if d and d not in banned]
+    for qid in qids:
+        pool = pools[qid]
         if len(pool) < list_length - 1:
             short += 1
             continue
-        negatives = sample_without_replacement(pool, list_length - 1, rng, pool_order=True)
-        positive = data.positives[qid][int(rng.integers(len(data.positives[qid])))]
-        ids = (positive, *negatives)
-        lists.append(CandidateList(data.query_text[qid], tuple(text_of[d] for d in ids), qid, ids))
-    info = {"refresh_encode_s": encode_s, "refresh_lists": float(len(lists)),
-            "refresh_short_lists": float(short)}
+        banned = frozenset(data.positives[qid]) | frozenset(data.flagged.get(qid, set()))
+        for positive in data.positives[qid]:
+            negatives = sample_without_replacement(pool, list_length - 1, rng, pool_order=True)
+            ids = (positive, *negatives)
+            lists.append(CandidateList(data.query_text[qid], tuple(text_of[d] for d in ids), qid,
+                                       ids, banned))
+    scored = sum(len(v) for v in retrieved.values())
+    info = {"refresh_encode_s": encode_s, "refresh_denoise_s": time.perf_counter() - started,
+            "refresh_lists": float(len(lists)), "refresh_short_queries": float(short),
+            "refresh_scored": float(scored), "refresh_removed": float(removed),
+            "refresh_removed_share": removed / scored if scored else 0.0}
     if data.eval_query_text and data.eval_qrels is not None:
-        from jrr_pipeline.ml.evaluation import evaluate
-        from jrr_pipeline.ml.sparse import run_from_search
-
-        eval_ids = sorted(data.eval_query_text)
-        e_emb = retriever.embed([data.eval_query_text[q] for q in eval_ids], kind="query",
-                                batch_size=batch_size)
-        e_hits, e_scores = search(index, data.doc_ids, e_emb, 100)
-        split = data.eval_qrels["split"][0] if data.eval_qrels.height else None
-        measures = evaluate(run_from_search(eval_ids, e_hits, e_scores), data.eval_qrels,
-                            ["nDCG@10", "R@100"], split=split)
-        info.update({f"eval_{k}": v for k, v in measures.items()})
+        info.update(_evaluate_refresh(retriever, index, data, batch_size, autocast_dtype))
     return lists, info
+
+
+def _denoised_pools(reranker, data: RefreshData, retrieved: dict[str, list[str]],
+                    text_of: dict[str, str], tau_neg: float, batch_size: int, progress: bool,
+                    autocast_dtype) -> tuple[dict[str, list[str]], int]:
+    """Each query's retrieved passages (rank order) that the ranker keeps as negatives, and how
+    many it removed (likely false negatives)."""
+    pairs, owners = [], []
+    for qid, docs in retrieved.items():
+        for doc in [*data.positives[qid], *docs]:
+            pairs.append((data.query_text[qid], text_of[doc]))
+            owners.append((qid, doc))
+    scores = reranker.predict(pairs, batch_size=batch_size, progress=progress,
+                              autocast_dtype=autocast_dtype)
+    score_of = dict(zip(owners, scores.tolist(), strict=True))
+    pools, removed = {}, 0
+    for qid, docs in retrieved.items():
+        best = max(score_of[(qid, p)] for p in data.positives[qid])
+        # sigmoid(s - s_positive), written with tanh so a large gap cannot overflow
+        keep = [d for d in docs
+                if 0.5 * (1.0 + math.tanh((score_of[(qid, d)] - best) / 2)) < tau_neg]
+        removed += len(docs) - len(keep)
+        pools[qid] = keep
+    return pools, removed
+
+
+def _evaluate_refresh(retriever, index, data: RefreshData, batch_size: int,
+                      autocast_dtype) -> dict[str, float]:
+    """nDCG@10 and R@100 of the refreshed index on the eval queries (monitoring only)."""
+    from jrr_pipeline.ml.evaluation import evaluate
+    from jrr_pipeline.ml.index import search
+    from jrr_pipeline.ml.sparse import run_from_search
+
+    eval_ids = sorted(data.eval_query_text)
+    e_emb = retriever.embed([data.eval_query_text[q] for q in eval_ids], kind="query",
+                            batch_size=batch_size, autocast_dtype=autocast_dtype)
+    e_hits, e_scores = search(index, data.doc_ids, e_emb, 100)
+    split = data.eval_qrels["split"][0] if data.eval_qrels.height else None
+    measures = evaluate(run_from_search(eval_ids, e_hits, e_scores), data.eval_qrels,
+                        ["nDCG@10", "R@100"], split=split)
+    return {f"eval_{k}": v for k, v in measures.items()}
 
 
 def _save_lists(path: Path, lists: Sequence[CandidateList], info: dict[str, float]) -> None:
     payload = {"info": info, "lists": [{"query_id": x.query_id, "query": x.query,
-                                        "doc_ids": list(x.doc_ids), "passages": list(x.passages)}
+                                        "doc_ids": list(x.doc_ids), "passages": list(x.passages),
+                                        "positive_ids": sorted(x.positive_ids)}
                                        for x in lists]}
     atomic_write_json(path, payload)
 
 
 def _load_lists(path: Path) -> tuple[list[CandidateList], dict[str, float]]:
     payload = json.loads(path.read_text(encoding="utf-8"))
-    lists = [CandidateList(x["query"], tuple(x["passages"]), x["query_id"], tuple(x["doc_ids"]))
+    lists = [CandidateList(x["query"], tuple(x["passages"]), x["query_id"], tuple(x["doc_ids"]),
+                           frozenset(x.get("positive_ids", ())))
              for x in payload["lists"]]
     return lists, payload["info"]
 
@@ -253,8 +309,9 @@ def train_ar2(retriever, reranker, initial_lists: Sequence[CandidateList], setti
         if refresh:
             if not lists_file.exists() and is_main_process():
                 new_lists, info = refreshed_lists(
-                    retriever, refresh_data, list_length, settings.ar2_refresh_top_k,
-                    settings.seed + it, settings.encode_batch_size, progress)
+                    retriever, reranker, refresh_data, list_length, settings.ar2_refresh_top_k,
+                    settings.seed + it, settings.ar2_refresh_tau_neg, settings.encode_batch_size,
+                    progress, autocast_dtype(use_bf16(settings.bf16, training_device())))
                 _save_lists(lists_file, new_lists, info)
             _barrier()
             lists, info = _load_lists(lists_file)
@@ -267,7 +324,8 @@ def train_ar2(retriever, reranker, initial_lists: Sequence[CandidateList], setti
              settings.ar2_ranker_steps),
             ("retriever", AR2RetrieverTask(retriever, reranker, settings.ar2_lambda,
                                            settings.kl_temperature, settings.chunk_pairs,
-                                           retriever_ce_weight=settings.retriever_ce_weight),
+                                           retriever_ce_weight=settings.retriever_ce_weight,
+                                           reward=settings.ar2_reward),
              retriever_train, settings.ar2_retriever_steps),
         )
         for phase, task, base, steps in phases:

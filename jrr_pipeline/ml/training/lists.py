@@ -12,38 +12,49 @@ import torch
 from torch import Tensor
 
 from jrr_pipeline.ml.modeling import CrossEncoderReranker, DenseRetriever
+from jrr_pipeline.ml.precision import score_matrix
 from jrr_pipeline.ml.text import passage_texts, text_by_id
 
 
 @dataclass(frozen=True)
 class CandidateList:
-    """A query and its list, the labelled positive first (ids kept for refreshes and reports)."""
+    """A query and its list, one labelled positive first (ids kept for refreshes and reports).
+    ``positive_ids`` holds all of the query's labelled and pseudo positives: none of them may
+    count as a negative of this list in the batch."""
 
     query: str
     passages: tuple[str, ...]
     query_id: str = ""
     doc_ids: tuple[str, ...] = ()
+    positive_ids: frozenset[str] = frozenset()
+
+    def passage_keys(self) -> tuple[str, ...]:
+        """Doc ids of the list (the texts when the list carries no ids)."""
+        return self.doc_ids or self.passages
+
+    def positive_keys(self) -> frozenset[str]:
+        return self.positive_ids | {self.passage_keys()[0]}
 
 
 def build_candidate_lists(queries: pl.DataFrame, corpus: pl.DataFrame, candidates: pl.DataFrame,
                           list_length: int) -> list[CandidateList]:
-    """One list per query of ``candidates`` (label 1 rows first, then label 0 in table order),
-    cut to ``list_length``; queries whose list is shorter are dropped (batched losses need equal
-    lengths), as are queries without a positive."""
+    """One list per labelled positive (``source`` 'qrels') of each query of ``candidates``: that
+    positive, then the query's label-0 rows in table order, cut to ``list_length``. Lists that
+    come out shorter are dropped (batched losses need equal lengths). Pseudo positives (label 1
+    from denoising) get no list of their own but are masked like the labelled ones."""
     text = text_by_id(queries)
     passages = dict(zip(corpus["doc_id"].to_list(), passage_texts(corpus), strict=True))
-    ordered = candidates.with_row_index("row").sort("query_id", "label", "row",
-                                                     descending=[False, True, False])
     lists = []
+    ordered = candidates.with_row_index("row").sort("query_id", "row")
     for (qid,), group in ordered.group_by(["query_id"], maintain_order=True):
-        labels = group["label"].to_list()
-        if not labels or labels[0] != 1:
-            continue
-        positive = group["doc_id"][0]
+        labelled = group.filter((pl.col("label") == 1) & (pl.col("source") == "qrels"))
+        positive_ids = frozenset(group.filter(pl.col("label") == 1)["doc_id"].to_list())
         negatives = group.filter(pl.col("label") == 0)["doc_id"].to_list()
-        docs = [positive, *negatives][:list_length]
-        if len(docs) == list_length:
-            lists.append(CandidateList(text[qid], tuple(passages[d] for d in docs), qid, tuple(docs)))
+        for positive in labelled["doc_id"].to_list():
+            docs = [positive, *negatives][:list_length]
+            if len(docs) == list_length:
+                lists.append(CandidateList(text[qid], tuple(passages[d] for d in docs), qid,
+                                           tuple(docs), positive_ids))
     return lists
 
 
@@ -60,7 +71,7 @@ def retriever_batch_scores(retriever: DenseRetriever, batch: Sequence[CandidateL
     _list_length(batch, "retriever_batch_scores")
     q = retriever.encode_queries(retriever.tokenize_queries([x.query for x in batch]))
     p = retriever.encode_passages(retriever.tokenize_passages([t for x in batch for t in x.passages]))
-    return q.float() @ p.float().T / retriever.config.temperature
+    return score_matrix(q, p, 1.0 / retriever.config.temperature)
 
 
 def own_list_scores(s_all: Tensor, length: int) -> Tensor:
@@ -76,13 +87,14 @@ def retriever_list_scores(retriever: DenseRetriever, batch: Sequence[CandidateLi
 
 
 def in_batch_positive_mask(batch: Sequence[CandidateList]) -> Tensor:
-    """[B, B*L] True where another list holds query i's labelled positive (same doc id, or the same
-    text when ids are missing): those columns must not count as its negatives."""
-    keys = [x.doc_ids or x.passages for x in batch]
-    flat = [k for key in keys for k in key]
-    mask = torch.tensor([[other == key[0] for other in flat] for key in keys], dtype=torch.bool)
-    rows = torch.arange(len(keys))
-    mask[rows, rows * len(keys[0])] = False
+    """[B, B*L] True where a column of the batch holds one of query i's labelled or pseudo
+    positives (by doc id; by text when ids are missing) other than its own list's positive:
+    those columns must not count as its negatives."""
+    flat = [k for x in batch for k in x.passage_keys()]
+    mask = torch.tensor([[other in x.positive_keys() for other in flat] for x in batch],
+                        dtype=torch.bool)
+    rows = torch.arange(len(batch))
+    mask[rows, rows * len(batch[0].passage_keys())] = False
     return mask
 
 

@@ -7,6 +7,7 @@ periodic full-state checkpoints (resume is bit-exact on CPU), metrics and the fi
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import resource
@@ -45,6 +46,8 @@ class TrainingTask(Protocol):
     `modules()` must return the same module objects on every call; `loss(batch)` receives this
     rank's share of a global batch (a list of examples) and must put its tensors on the modules'
     device; `save(output_dir)` must create `output_dir` (it does not exist yet when called).
+    A task whose loss also reads modules it does not train (a frozen teacher) returns them from
+    an optional `frozen_modules()`, so they are moved to the training device too.
     """
 
     def modules(self) -> dict[str, nn.Module]: ...
@@ -208,11 +211,6 @@ class _Run:
     orders: dict[int, np.ndarray] = field(default_factory=dict)
 
     @property
-    def params(self) -> list[nn.Parameter]:
-        """Every parameter the optimizer steps (what gradient clipping sees)."""
-        return [p for group in self.optimizer.param_groups for p in group["params"]]
-
-    @property
     def total(self) -> int:
         return self.state.total_steps
 
@@ -245,8 +243,12 @@ class _Window:
         for key, value in task_metrics.items():
             self.task_sums[key] = self.task_sums.get(key, 0.0) + float(value)
 
-    def means(self, grad_norm: float) -> dict[str, float]:
-        local = {"loss": self.loss / self.steps, "grad_norm": grad_norm}
+    def means(self, grad_norm: dict[str, float]) -> dict[str, float]:
+        local = {"loss": self.loss / self.steps}
+        if len(grad_norm) == 1:
+            local["grad_norm"] = next(iter(grad_norm.values()))
+        else:
+            local.update({f"grad_norm_{name}": norm for name, norm in grad_norm.items()})
         local.update({k: v / self.steps for k, v in self.task_sums.items()})
         return local
 
@@ -273,6 +275,7 @@ def _prepare(task: TrainingTask, examples: Sequence, config: TrainConfig, device
 
     modules = task.modules()
     container = _TaskModule(task).to(device)
+    place_task(task, device)
     if config.gradient_checkpointing:
         for module in modules.values():
             enable_gradient_checkpointing(module)
@@ -364,8 +367,9 @@ def _train(
     return run.result(output_dir, completed=True)
 
 
-def _step(run: _Run, window: _Window) -> tuple[float, float]:
-    """One optimizer step on the next batch; returns (grad norm before clipping, lr used)."""
+def _step(run: _Run, window: _Window) -> tuple[dict[str, float], float]:
+    """One optimizer step on the next batch; returns (each module's gradient norm before
+    clipping, lr used)."""
     config, state = run.config, run.state
     if state.epoch not in run.orders:
         run.orders = {state.epoch: epoch_order(len(run.examples), config.seed, state.epoch)}
@@ -380,10 +384,7 @@ def _step(run: _Run, window: _Window) -> tuple[float, float]:
         raise FloatingPointError(f"train: non-finite loss {loss.item()} at step {state.step + 1}")
     if not run.backward_done:
         loss.backward()
-    grad_norm = (
-        float(torch.nn.utils.clip_grad_norm_(run.params, config.max_grad_norm))
-        if config.max_grad_norm > 0 else math.nan
-    )
+    grad_norm = _clip_each(run.modules, config.max_grad_norm)
     lr = run.optimizer.param_groups[0]["lr"]
     run.optimizer.step()
     run.scheduler.step()
@@ -397,7 +398,29 @@ def _step(run: _Run, window: _Window) -> tuple[float, float]:
     return grad_norm, lr
 
 
-def _log(run: _Run, window: _Window, grad_norm: float, lr: float, bar,
+def _clip_each(modules: dict[str, nn.Module], max_norm: float) -> dict[str, float]:
+    """Clip each module's gradient norm to ``max_norm`` on its own (one model's large gradient
+    must not throttle the other's, as AR2's code clips per model); returns the norms before
+    clipping (NaN with clipping off)."""
+    norms = {}
+    for name, module in modules.items():
+        params = [p for p in module.parameters() if p.grad is not None]
+        norms[name] = (float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+                       if max_norm > 0 and params else math.nan)
+    return norms
+
+
+def place_task(task: TrainingTask, device: torch.device) -> None:
+    """Every module the task uses on ``device``: the trained ones and those it only reads
+    (``frozen_modules()``, e.g. a frozen teacher); sets ``task.device``."""
+    for module in (*task.modules().values(),
+                   *getattr(task, "frozen_modules", dict)().values()):
+        module.to(device)
+    with contextlib.suppress(AttributeError):  # e.g. a task with __slots__
+        task.device = device
+
+
+def _log(run: _Run, window: _Window, grad_norm: dict[str, float], lr: float, bar,
          on_log: Callable[[int, dict[str, float]], None] | None) -> None:
     """Metrics of the window (averaged over ranks) into the history, the bar and ``on_log``."""
     metrics = _reduce_mean(window.means(grad_norm), run.device, run.world)

@@ -9,9 +9,14 @@ Re-ranking" (EMNLP). For query q and its list [p+, p1-, ..., p(L-1)-] (positive 
 
 ``dynamic`` (the paper): both models get gradients from the KL term, so the reranker is also pulled
 towards the retriever while it learns from the labels. ``static`` (the ablation): the reranker is
-frozen, its scores are a fixed teacher and only the KL term trains the retriever.
+frozen, its scores are a fixed teacher and only the distillation term trains the retriever; there
+the teacher's distribution is the target, KL(softmax(s_ce) || softmax(s_de)) (forward KL, plain
+knowledge distillation).
 
-``retriever_ce_weight`` w > 0 (our addition; 0 here, 1.0 in the pipeline's ``joint_models``) adds
+Every labelled positive of a query gets its own list (``lists.build_candidate_lists``); the other
+positives (and pseudo positives) never count as negatives, in the list or in the batch.
+
+``retriever_ce_weight`` w > 0 (our addition; 0 = the paper, see ``JointSettings``) adds
 w * CE(softmax(s_de), p+): the retriever also learns from the label, which matters when the
 reranker is still a weaker teacher than the retriever it is distilled into. With ``retriever_in_batch`` that CE runs over every passage
 of the batch (the other queries' lists as extra negatives, as in DPR's in-batch training) instead of
@@ -28,6 +33,7 @@ from torch import Tensor
 
 from jrr_pipeline.ml.losses import ListwiseCELoss, ListwiseKLLoss
 from jrr_pipeline.ml.modeling import CrossEncoderReranker, DenseRetriever
+from jrr_pipeline.ml.precision import score_matrix
 from jrr_pipeline.ml.training.lists import (
     CandidateList,
     _list_length,
@@ -69,14 +75,20 @@ class RocketQAv2Task:
         self.retriever_in_batch = retriever_in_batch
         self.backward_done = grad_cache_chunk > 0
         self.ce = ListwiseCELoss()
-        self.kl = ListwiseKLLoss(temperature=kl_temperature, detach_teacher=mode == "static")
-        if mode == "static":
+        static = mode == "static"
+        self.kl = ListwiseKLLoss(temperature=kl_temperature, detach_teacher=static,
+                                 direction="ce||de" if static else "de||ce")
+        if static:
             self.reranker.requires_grad_(False)
 
     def modules(self) -> dict[str, torch.nn.Module]:
         if self.mode == "static":
             return {"retriever": self.retriever}
         return {"retriever": self.retriever, "reranker": self.reranker}
+
+    def frozen_modules(self) -> dict[str, torch.nn.Module]:
+        """Modules the loss uses without training them (they still go to the device)."""
+        return {"reranker": self.reranker} if self.mode == "static" else {}
 
     def scores(self, batch: Sequence[CandidateList]) -> tuple[Tensor, Tensor]:
         """(s_de, s_ce), each [B, L]."""
@@ -155,7 +167,7 @@ class RocketQAv2Task:
         out: dict[str, float] = {}
 
         def loss_fn(reps: list[Tensor]) -> Tensor:
-            s_all = reps[0].float() @ reps[1].float().T / r.config.temperature
+            s_all = score_matrix(reps[0], reps[1], 1.0 / r.config.temperature)
             s_ce = fixed_ce if fixed_ce is not None else reps[2].view(len(batch), length)
             total, metrics = self._combine(own_list_scores(s_all, length), s_ce,
                                            self._in_batch(s_all, batch))

@@ -11,21 +11,51 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from jrr_pipeline.ml.losses import InfoNCELoss, ListwiseCELoss
+from jrr_pipeline.ml.losses.distributed import dist_ready
 from jrr_pipeline.ml.modeling import CrossEncoderReranker, DenseRetriever
+from jrr_pipeline.ml.precision import score_matrix
 from jrr_pipeline.ml.sampling import Candidate, build_sampler, sample_without_replacement
 from jrr_pipeline.ml.text import passage_texts, text_by_id
 
 
 @dataclass
 class RetrievalExample:
-    """One training query with one positive passage and its hard negatives (passage texts)."""
+    """One training query with one positive passage and its hard negatives (passage texts), and
+    their ids: ``positive_ids`` holds every labelled positive of the query, so the in-batch loss
+    never counts one of them (or a copy of the positive) as a negative."""
 
     query: str
     positive: str
     negatives: list[str] = field(default_factory=list)
+    query_id: str = ""
+    positive_id: str = ""
+    negative_ids: list[str] = field(default_factory=list)
+    positive_ids: frozenset[str] = frozenset()
+
+    def passage_keys(self) -> list[str]:
+        """Ids of [positive, *negatives] (their texts when the example carries no ids)."""
+        if self.positive_id:
+            return [self.positive_id, *self.negative_ids]
+        return [self.positive, *self.negatives]
+
+    def positive_keys(self) -> frozenset[str]:
+        return self.positive_ids | {self.passage_keys()[0]}
+
+
+def positives_mask(batch: Sequence[RetrievalExample], column_keys: Sequence[str],
+                   offset: int = 0) -> Tensor:
+    """[B, len(column_keys)] True where a column holds one of query i's positives other than its
+    own positive's column (``offset`` + i * (1 + n)): these are not negatives of query i."""
+    group = 1 + _negative_count(batch)
+    mask = torch.tensor([[key in example.positive_keys() for key in column_keys]
+                         for example in batch], dtype=torch.bool)
+    rows = torch.arange(len(batch))
+    mask[rows, offset + rows * group] = False
+    return mask
 
 
 def _negative_count(batch: Sequence[RetrievalExample]) -> int:
@@ -41,7 +71,9 @@ def _negative_count(batch: Sequence[RetrievalExample]) -> int:
 
 class RetrieverWarmupTask:
     """DPR warm-up: InfoNCE over the positive, the example's negatives and every other passage
-    of the batch (in-batch), and of all DDP ranks when `cross_batch` (RocketQA cross-batch)."""
+    of the batch (in-batch), and of all DDP ranks when `cross_batch` (RocketQA cross-batch).
+    A query's other labelled positives (and copies of its positive) in the batch are masked:
+    one example per (query, positive), so every labelled positive is trained on."""
 
     def __init__(self, retriever: DenseRetriever, cross_batch: bool = True) -> None:
         self.retriever = retriever
@@ -67,15 +99,30 @@ class RetrieverWarmupTask:
         )
         q = retriever.encode_queries(queries)
         p = retriever.encode_passages(passages)
-        loss = self.loss_fn(q, p, 1.0 / retriever.config.temperature)
+        keys, offset = self._column_keys(batch)
+        mask = positives_mask(batch, keys, offset)
+        loss = self.loss_fn(q, p, 1.0 / retriever.config.temperature, mask=mask)
         with torch.no_grad():
             own = torch.arange(len(batch), device=q.device) * (1 + n_neg)
-            acc = (torch.argmax(q.float() @ p.float().T, dim=1) == own).float().mean()
+            local = score_matrix(q, p).masked_fill(
+                mask[:, offset:offset + p.shape[0]].to(q.device), float("-inf"))
+            acc = (torch.argmax(local, dim=1) == own).float().mean()
         metrics = {
             "passages_in_logits": float(self.loss_fn.last_num_passages),
             "in_batch_acc": float(acc),
+            "masked_positives": float(mask.sum()) / len(batch),
         }
         return loss, metrics
+
+    def _column_keys(self, batch: Sequence[RetrievalExample]) -> tuple[list[str], int]:
+        """Keys of every column of the logits (all ranks' passages with cross-batch negatives
+        under DDP) and where this rank's columns start."""
+        local = [key for example in batch for key in example.passage_keys()]
+        if not (self.cross_batch and dist_ready()):
+            return local, 0
+        gathered: list[list[str]] = [[] for _ in range(dist.get_world_size())]
+        dist.all_gather_object(gathered, local)
+        return [k for part in gathered for k in part], dist.get_rank() * len(local)
 
     serving: dict = {}
 
@@ -190,8 +237,10 @@ def build_retrieval_examples(
             chosen += _random_docs(
                 rng, doc_ids, n_negatives - len(chosen), positives_of[qid] | set(chosen), qid
             )
-        examples.append(RetrievalExample(query=query_text[qid], positive=texts[doc_index[pos]],
-                                         negatives=[texts[doc_index[d]] for d in chosen]))
+        examples.append(RetrievalExample(
+            query=query_text[qid], positive=texts[doc_index[pos]],
+            negatives=[texts[doc_index[d]] for d in chosen], query_id=qid, positive_id=pos,
+            negative_ids=list(chosen), positive_ids=frozenset(positives_of[qid])))
     return examples
 
 

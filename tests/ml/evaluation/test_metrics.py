@@ -14,6 +14,7 @@ from jrr_pipeline.ml.evaluation import (
     evaluate,
     monitor_split,
     per_query,
+    selection_info,
 )
 from jrr_pipeline.ml.sparse import BM25Index, run_from_search
 
@@ -125,3 +126,39 @@ def test_rr_cutoff_is_applied() -> None:
     qrels = {"q1": {"x12": 1}}
     got = evaluate(run, qrels, ["RR@10", "RR", "R@10", "R@20"])
     assert got == {"RR@10": 0.0, "RR": pytest.approx(1 / 13), "R@10": 0.0, "R@20": 1.0}
+
+
+@pytest.mark.parametrize(("relevant", "rank"), [("a", 1), ("b", 2), ("c", 3)])
+def test_tied_documents_get_one_order_for_every_measure(relevant: str, rank: int) -> None:
+    # three docs with one score: every measure must see them ranked by doc id (a, b, c); before,
+    # pytrec_eval (nDCG, AP) and the msmarco provider (RR@10) ordered the tie differently
+    run = {"q1": {"c": 1.0, "a": 1.0, "b": 1.0}}
+    got = evaluate(run, {"q1": {relevant: 1}}, ["nDCG@10", "RR@10", "MAP", "R@1"])
+    assert got["nDCG@10"] == pytest.approx(1 / math.log2(rank + 1))
+    assert got["RR@10"] == pytest.approx(1 / rank)
+    assert got["MAP"] == pytest.approx(1 / rank)
+    assert got["R@1"] == (1.0 if rank == 1 else 0.0)
+
+
+def test_untied_runs_score_as_before() -> None:
+    # ranks replace scores, so a run with distinct scores keeps its figures exactly
+    raw = {q: {d: s * 3.7 - 100 for d, s in docs.items()} for q, docs in RUN.items()}
+    assert evaluate(raw, QRELS, split="test") == evaluate(RUN, QRELS, split="test")
+    assert evaluate(RUN, QRELS, ["nDCG@10"], split="test")["nDCG@10"] == pytest.approx(
+        (NDCG_Q1 + NDCG_Q2) / 3)
+
+
+def test_selection_info_names_the_dev_split_and_its_origin() -> None:
+    dev = pl.DataFrame({"query_id": ["q5", "q5", "q6"], "doc_id": ["d1", "d2", "d3"],
+                        "relevance": [1, 1, 1], "split": ["dev"] * 3},
+                       schema_overrides={"relevance": pl.Int32})
+    with_dev = pl.concat([QRELS, dev])
+    assert selection_info(with_dev, "carved from train") == {
+        "split": "dev", "origin": "carved from train", "queries": 2}
+    assert selection_info(with_dev)["origin"] == "dataset"
+    no_dev = selection_info(QRELS, "carved from train")
+    assert no_dev["split"] is None and no_dev["queries"] == 0 and "no dev split" in no_dev["note"]
+    dev_only = selection_info(pl.concat([QRELS.filter(pl.col("split") == "train"), dev]))
+    assert dev_only["queries"] == 2 and "no test split" in dev_only["note"]
+    with pytest.raises(ValueError, match="origin"):
+        selection_info(with_dev, "test")

@@ -124,3 +124,43 @@ def test_win_loss_counts_and_report_section(tmp_path):
     report = json.loads(paths["json"].read_text())
     assert report["win_loss"]["joint_retriever"]["wins"] == 1
     assert "| joint_retriever | 1 | 1 | 2 |" in paths["markdown"].read_text()
+
+
+DEV_SYSTEMS = {
+    "bm25": {"nDCG@10": 0.6012, "RR@10": 0.5511, "R@100": 0.8888},
+    "joint_retriever": {"nDCG@10": 0.6543, "RR@10": 0.6001, "R@100": 0.9001},
+}
+
+
+def test_report_with_dev_figures_and_selection(tmp_path: Path) -> None:
+    selection = {"split": "dev", "origin": "carved from train", "queries": 81}
+    paths = write_report(tmp_path, "scifact", "test", SYSTEMS, "run", extra={"num_queries": 300},
+                         selection=selection, dev_systems=DEV_SYSTEMS)
+    raw = read_report(tmp_path)
+    assert list(raw) == ["dataset", "split", "selection", "systems", "dev_systems",
+                         "mlflow_run_id", "num_queries"]
+    assert raw["selection"] == selection
+    assert raw["dev_systems"] == DEV_SYSTEMS and raw["systems"] == SYSTEMS
+    md = paths["markdown"].read_text()
+    test_table, dev_table = md.index("### test figures"), md.index("### dev figures")
+    assert test_table < md.index("| bm25 | 0.6790 |") < dev_table < md.index("| bm25 | 0.6012 |")
+    assert "chosen on `dev` (carved from train, 81 queries); `test` is read only" in md
+    assert "**0.6543**" in md  # the dev table marks its own best values
+
+
+def test_report_without_a_dev_split_says_so(tmp_path: Path) -> None:
+    selection = {"split": None, "origin": None, "queries": 0, "note": "no dev split: no dev figures"}
+    paths = write_report(tmp_path, "nodev", "test", SYSTEMS, "run", selection=selection)
+    raw = read_report(tmp_path)
+    assert raw["selection"] == selection and "dev_systems" not in raw
+    md = paths["markdown"].read_text()
+    assert "No selection split: no dev split: no dev figures." in md
+    assert "### dev figures" not in md and "### test figures" not in md
+    with pytest.raises(ValueError, match="dev_systems given without a selection split"):
+        write_report(tmp_path, "nodev", "test", SYSTEMS, "run", selection=selection,
+                     dev_systems=DEV_SYSTEMS)
+    with pytest.raises(ValueError, match=r"extra keys \['dev_systems'\] clash"):
+        write_report(tmp_path, "nodev", "test", SYSTEMS, "run", extra={"dev_systems": {}})
+    (tmp_path / "evaluation.json").write_text(json.dumps({**raw, "dev_systems": {"bm25": 0.5}}))
+    with pytest.raises(ValueError, match="field 'dev_systems'"):
+        read_report(tmp_path)

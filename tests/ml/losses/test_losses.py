@@ -76,3 +76,42 @@ def test_listwise_ce_shape_errors() -> None:
         ListwiseCELoss()(torch.zeros(2, 3), torch.zeros(3, dtype=torch.long))
     with pytest.raises(ValueError, match=r"\[B, L\]"):
         ListwiseCELoss()(torch.zeros(4))
+
+
+def test_infonce_mask_removes_a_querys_other_positives_from_its_negatives() -> None:
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    p = torch.tensor([[1.0, 0.0], [0.5, 0.5], [0.0, 1.0], [1.0, 1.0]])
+    # query 0's second positive sits in column 2 (query 1's positive): masked for row 0 only
+    mask = torch.tensor([[False, False, True, False], [False, False, False, False]])
+    loss = InfoNCELoss()(q, p, scale=2.0, mask=mask)
+    expected = ((-2 + _lse(2, 1, 2)) + (-2 + _lse(0, 1, 2, 2))) / 2
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError, match="own positive"):
+        InfoNCELoss()(q, p, scale=2.0, mask=torch.tensor([[True, False, False, False],
+                                                          [False, False, False, False]]))
+    with pytest.raises(ValueError, match="does not match"):
+        InfoNCELoss()(q, p, scale=2.0, mask=torch.zeros(2, 3, dtype=torch.bool))
+
+
+def test_infonce_is_fp32_under_bf16_autocast() -> None:
+    """Given the same embeddings, the loss inside bf16 autocast equals the fp32 loss: the
+    logits (up to ~20 at temperature 0.05) are not rounded to bf16."""
+    torch.manual_seed(0)
+    q = torch.nn.functional.normalize(torch.randn(8, 32), dim=-1)
+    p = torch.nn.functional.normalize(torch.randn(24, 32), dim=-1)
+    p[::3] = torch.nn.functional.normalize(q + 0.3 * torch.randn(8, 32), dim=-1)
+    plain = InfoNCELoss()(q, p, scale=20.0).item()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = InfoNCELoss()(q, p, scale=20.0).item()
+        rounded = torch.nn.functional.cross_entropy(
+            (q @ p.T).float() * 20.0, torch.arange(8) * 3).item()
+    assert under == pytest.approx(plain, abs=1e-4)
+    assert abs(rounded - plain) > 1e-4  # what a bf16 matmul would have given
+
+
+def test_listwise_ce_is_fp32_under_bf16_autocast() -> None:
+    torch.manual_seed(0)
+    scores = torch.randn(4, 8) * 6 + 15
+    plain = ListwiseCELoss()(scores).item()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert ListwiseCELoss()(scores).item() == pytest.approx(plain, abs=1e-4)

@@ -62,7 +62,9 @@ def ar2_settings(**changes) -> JointSettings:
         "method": "ar2", "batch_size": 4, "retriever_lr": 2e-3, "reranker_lr": 6e-3,
         "warmup_ratio": 0.0, "seed": 0, "log_every": 1, "checkpoint_every": 1,
         "ar2_iterations": 2, "ar2_ranker_steps": 2, "ar2_retriever_steps": 2,
-        "ar2_refresh_top_k": 8, "ar2_lambda": 0.5, "encode_batch_size": 8, **changes})
+        "ar2_refresh_top_k": 8, "ar2_lambda": 0.5, "encode_batch_size": 8,
+        # the tiny random ranker finds every passage about as good as the positive: keep all
+        "ar2_refresh_tau_neg": 1.0, **changes})
 
 
 def run_game(tiny_model_dir, tmp_path, name, stop_after=None, refresh_every=1):
@@ -169,7 +171,7 @@ def joint_run_file(tiny_model_dir, tmp_path, method: str, **changes):
         "retriever_lr": 1e-3, "reranker_lr": 2e-3, "log_every": 1, "ar2_iterations": 2,
         "ar2_ranker_steps": 1, "ar2_retriever_steps": 1, "ar2_refresh_top_k": 8,
         "passage_max_length": 12, "reranker_max_length": 20, "index_passage_max_length": 24,
-        **changes})
+        "ar2_refresh_tau_neg": 1.0, **changes})
     return write_run_file(tmp_path / "run", "joint_models", settings, write_tables(tmp_path),
                           tmp_path / "out", tmp_path / "work",
                           models={"retriever": str(tmp_path / "r0"),
@@ -201,8 +203,8 @@ def test_run_file_errors_name_the_file_and_field(tiny_model_dir, tmp_path, capsy
     good = json.loads(path.read_text())
     for change, message in (({"stage": "ance"}, "field 'stage'"),
                             ({"lr": 1}, "field 'lr': unknown key"),
-                            ({"settings": {**good["settings"], "ar2_lambda": 2.0}},
-                             r"joint_models.ar2_lambda = 2.0: must be <= 1"),
+                            ({"settings": {**good["settings"], "ar2_lambda": -2.0}},
+                             r"joint_models.ar2_lambda = -2.0: must be >= 0"),
                             ({"settings": {**good["settings"], "list_length": 1}},
                              r"joint_models.list_length = 1: must be >= 2"),
                             ({"settings": {**good["settings"], "mood": "x"}},
@@ -241,3 +243,40 @@ def test_ar2_under_two_gloo_ranks(tiny_model_dir, tmp_path):
     assert len(json.loads((tmp_path / "work/iteration-001/lists.json").read_text())["lists"]) == 6
     assert (tmp_path / "out/retriever/config.json").exists()
     assert (tmp_path / "out/reranker/config.json").exists()
+
+
+def test_a_refresh_keeps_only_what_the_current_ranker_calls_negative(tiny_model_dir):
+    """RocketQA's rule with the current ranker: a retrieved passage stays a negative only if
+    sigmoid(s - s_positive) < tau_neg; the removals are counted."""
+    import math
+
+    from jrr_pipeline.ml.training.ar2 import refreshed_lists
+
+    retriever, reranker = models(tiny_model_dir)
+    data = refresh_data(with_eval=False)
+    lists, info = refreshed_lists(retriever, reranker, data, list_length=3, top_k=8, seed=0,
+                                  tau_neg=0.5, batch_size=8, progress=False)
+    retriever_hits = {}
+    from jrr_pipeline.ml.index import build_index, search
+
+    index = build_index(retriever.embed(data.passages, kind="passage", batch_size=8))
+    qids = sorted(data.positives)
+    hits, _ = search(index, data.doc_ids,
+                     retriever.embed([data.query_text[q] for q in qids], kind="query"), 8)
+    text_of = dict(zip(data.doc_ids, data.passages, strict=True))
+    removed = scored = 0
+    for qid, docs in zip(qids, hits, strict=True):
+        docs = [d for d in docs if d not in data.positives[qid] and d not in data.flagged.get(qid, ())]
+        scores = reranker.predict([(data.query_text[qid], text_of[d])
+                                   for d in [*data.positives[qid], *docs]])
+        best = max(scores[: len(data.positives[qid])])
+        keep = {d for d, s in zip(docs, scores[len(data.positives[qid]):], strict=True)
+                if 1 / (1 + math.exp(best - s)) < 0.5}
+        retriever_hits[qid] = keep
+        removed += len(docs) - len(keep)
+        scored += len(docs)
+    assert info["refresh_removed"] == removed and info["refresh_scored"] == scored
+    assert 0 < removed < scored  # the tiny random ranker splits them: the rule is exercised
+    for item in lists:
+        assert set(item.doc_ids[1:]) <= retriever_hits[item.query_id]
+        assert item.positive_ids >= frozenset(data.positives[item.query_id])

@@ -111,16 +111,23 @@ def test_lists_from_the_candidates_table():
     corpus = pl.DataFrame({"doc_id": [f"d{i}" for i in range(6)], "title": [""] * 6,
                            "text": [f"t{i}" for i in range(6)]})
     candidates = pl.DataFrame({
-        "query_id": ["q1", "q1", "q1", "q2", "q2", "q3", "q3", "q3"],
-        "doc_id": ["d1", "d0", "d2", "d3", "d4", "d5", "d0", "d1"],
-        "label": [0, 1, 0, 1, 0, 0, 0, 0],
-        "source": ["raw:bm25", "qrels", "denoised:dense", "qrels", "raw:dense", "raw:bm25",
-                   "raw:bm25", "raw:bm25"],
-        "ce_score": [0.0] * 8,
+        "query_id": ["q1", "q1", "q1", "q1", "q1", "q2", "q2", "q3", "q3", "q3"],
+        "doc_id": ["d1", "d0", "d2", "d5", "d4", "d3", "d4", "d5", "d0", "d1"],
+        "label": [0, 1, 0, 1, 1, 1, 0, 0, 0, 0],
+        "source": ["raw:bm25", "qrels", "denoised:dense", "qrels", "pseudo_positive:bm25",
+                   "qrels", "raw:dense", "raw:bm25", "raw:bm25", "raw:bm25"],
+        "ce_score": [0.0] * 10,
     })
     out = build_candidate_lists(queries, corpus, candidates, list_length=3)
-    # q1: positive first, negatives in table order; q2 too short; q3 has no positive
-    assert out == [CandidateList("one", ("t0", "t1", "t2"), "q1", ("d0", "d1", "d2"))]
+    # q1: a list per labelled positive (not for the pseudo positive d4), negatives in table
+    # order, all three positives masked; q2 too short; q3 has no positive
+    positives = frozenset({"d0", "d5", "d4"})
+    assert out == [CandidateList("one", ("t0", "t1", "t2"), "q1", ("d0", "d1", "d2"), positives),
+                   CandidateList("one", ("t5", "t1", "t2"), "q1", ("d5", "d1", "d2"), positives)]
+    mask = in_batch_positive_mask(out)
+    # row 0 (positive d0): column 3 holds d5, another positive of q1; its own column 0 is kept
+    assert mask.tolist() == [[False, False, False, True, False, False],
+                             [True, False, False, False, False, False]]
 
 
 def test_mixed_lengths_in_a_batch_are_an_error(tiny_model_dir):

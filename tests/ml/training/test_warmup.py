@@ -195,3 +195,29 @@ def test_build_examples_switch_sampler_by_name() -> None:
     with pytest.raises(ValueError, match="unknown sampler"):
         build_retrieval_examples(queries, corpus, qrels, negatives, n_negatives=1, seed=3,
                                  sampler={"name": "hardest"})
+
+
+def test_examples_carry_ids_and_all_positives_of_their_query() -> None:
+    queries, corpus, qrels, negatives = _tables()
+    ex = build_retrieval_examples(queries, corpus, qrels, negatives, n_negatives=3, seed=1,
+                                  source="bm25", rank_window=(1, 7))
+    assert [(e.query_id, e.positive_id) for e in ex] == [
+        ("q1", "d0"), ("q1", "d1"), ("q2", "d3"), ("q4", "d5")]
+    assert ex[0].positive_ids == ex[1].positive_ids == frozenset({"d0", "d1"})
+    assert [corpus["text"][int(d[1:])] in n for e in ex for d, n in
+            zip(e.negative_ids, e.negatives, strict=True)] == [True] * 12
+
+
+def test_a_querys_second_positive_is_never_its_in_batch_negative() -> None:
+    from jrr_pipeline.ml.training.warmup import positives_mask
+
+    queries, corpus, qrels, negatives = _tables()
+    ex = build_retrieval_examples(queries, corpus, qrels, negatives, n_negatives=3, seed=1,
+                                  source="bm25", rank_window=(1, 7))
+    batch = ex[:3]  # (q1, d0), (q1, d1), (q2, d3): 4 columns each
+    keys = [k for e in batch for k in e.passage_keys()]
+    mask = positives_mask(batch, keys)
+    assert mask.shape == (3, 12)
+    assert mask[0].nonzero().flatten().tolist() == [4]  # d1, q1's other positive
+    assert mask[1].nonzero().flatten().tolist() == [0]  # d0
+    assert not mask[2].any()
