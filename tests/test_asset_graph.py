@@ -189,7 +189,7 @@ def test_warehouse_tables(graph, first):
     assert con.execute("select count(distinct query_id) from negatives").fetchone()[0] == 36
     assert con.execute("select max(rank) from negatives").fetchone()[0] <= 20  # ci preset top_k
     stored = con.execute(
-        "select value from metrics where system='bm25' and measure='nDCG@10'").fetchall()
+        "select value from metrics where system='bm25' and measure='nDCG@10' and split='test'").fetchall()
     con.close()
     assert stored == [(pytest.approx(bm25["nDCG@10"]),)]
 

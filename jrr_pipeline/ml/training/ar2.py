@@ -165,9 +165,12 @@ def refreshed_lists(retriever, reranker, data: RefreshData, list_length: int, to
     pools, removed = _denoised_pools(reranker, data, retrieved, text_of, tau_neg, batch_size,
                                      progress, autocast_dtype)
     rng = np.random.default_rng(seed)
-    lists, short = [], 0
+    lists, short, topped_up = [], 0, 0
     for qid in qids:
-        pool = pools[qid]
+        # too few kept: top up with the removed passages the ranker doubts least (counted)
+        extra = removed[qid][: max(list_length - 1 - len(pools[qid]), 0)]
+        topped_up += len(extra)
+        pool = pools[qid] + extra
         if len(pool) < list_length - 1:
             short += 1
             continue
@@ -178,10 +181,12 @@ def refreshed_lists(retriever, reranker, data: RefreshData, list_length: int, to
             lists.append(CandidateList(data.query_text[qid], tuple(text_of[d] for d in ids), qid,
                                        ids, banned))
     scored = sum(len(v) for v in retrieved.values())
+    n_removed = sum(len(v) for v in removed.values())
     info = {"refresh_encode_s": encode_s, "refresh_denoise_s": time.perf_counter() - started,
             "refresh_lists": float(len(lists)), "refresh_short_queries": float(short),
-            "refresh_scored": float(scored), "refresh_removed": float(removed),
-            "refresh_removed_share": removed / scored if scored else 0.0}
+            "refresh_scored": float(scored), "refresh_removed": float(n_removed),
+            "refresh_removed_share": n_removed / scored if scored else 0.0,
+            "refresh_topped_up": float(topped_up)}
     if data.eval_query_text and data.eval_qrels is not None:
         info.update(_evaluate_refresh(retriever, index, data, batch_size, autocast_dtype))
     return lists, info
@@ -189,9 +194,9 @@ def refreshed_lists(retriever, reranker, data: RefreshData, list_length: int, to
 
 def _denoised_pools(reranker, data: RefreshData, retrieved: dict[str, list[str]],
                     text_of: dict[str, str], tau_neg: float, batch_size: int, progress: bool,
-                    autocast_dtype) -> tuple[dict[str, list[str]], int]:
-    """Each query's retrieved passages (rank order) that the ranker keeps as negatives, and how
-    many it removed (likely false negatives)."""
+                    autocast_dtype) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """Each query's retrieved passages (rank order) that the ranker keeps as negatives, and the
+    ones it removed as likely false negatives (least likely first)."""
     pairs, owners = [], []
     for qid, docs in retrieved.items():
         for doc in [*data.positives[qid], *docs]:
@@ -200,14 +205,13 @@ def _denoised_pools(reranker, data: RefreshData, retrieved: dict[str, list[str]]
     scores = reranker.predict(pairs, batch_size=batch_size, progress=progress,
                               autocast_dtype=autocast_dtype)
     score_of = dict(zip(owners, scores.tolist(), strict=True))
-    pools, removed = {}, 0
+    pools, removed = {}, {}
     for qid, docs in retrieved.items():
         best = max(score_of[(qid, p)] for p in data.positives[qid])
         # sigmoid(s - s_positive), written with tanh so a large gap cannot overflow
-        keep = [d for d in docs
-                if 0.5 * (1.0 + math.tanh((score_of[(qid, d)] - best) / 2)) < tau_neg]
-        removed += len(docs) - len(keep)
-        pools[qid] = keep
+        prob = {d: 0.5 * (1.0 + math.tanh((score_of[(qid, d)] - best) / 2)) for d in docs}
+        pools[qid] = [d for d in docs if prob[d] < tau_neg]
+        removed[qid] = sorted((d for d in docs if prob[d] >= tau_neg), key=prob.__getitem__)
     return pools, removed
 
 
