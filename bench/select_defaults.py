@@ -61,8 +61,11 @@ def train_variant(stage: str, settings, home: Path, dataset: str, work: Path) ->
     else:
         tables = {t: warehouse.table(t) for t in ("queries", "corpus", "qrels")}
         tables["negatives"] = warehouse.query("SELECT * FROM negatives WHERE source = 'bm25'")
+        # the denoised sampler and TAS-Balanced read the warm-up reranker, as the asset does
+        models = ({"reranker": str(artifacts / "warmup_reranker")}
+                  if settings.needs_reranker() else None)
         run_file = write_run_file(work / "run", stage, settings, tables, work / "model",
-                                  work / "state")
+                                  work / "state", models=models)
     result = run(run_file)
     return work / "model", result
 

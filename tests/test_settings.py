@@ -299,3 +299,30 @@ def test_group_names_are_the_asset_module_names():
         "joint_reranker": "joint", "faiss_index": "serving", "evaluation_report": "evaluation"}
     for group in set(groups.values()):
         assert group == importlib.import_module(f"jrr_pipeline.assets.{group}").GROUP
+
+
+def test_negative_strategies_are_knobs_of_jrr_settings(capsys, tmp_path, monkeypatch):
+    from jrr_pipeline.cli import main
+
+    monkeypatch.setenv("JRR_HOME", str(tmp_path / "home"))
+    assert main(["settings", "--preset", "cpu", "--set", "warmup_retriever.negatives=cache",
+                 "--set", "joint_models.sampler=simans"]) == 0
+    parsed = tomllib.loads(capsys.readouterr().out)
+    retriever, joint = parsed["warmup_retriever"], parsed["joint_models"]
+    assert (retriever["sampler"], retriever["batching"], retriever["negatives"]) == (
+        "uniform", "random", "cache")
+    assert {"simans_a", "simans_b", "denoised_tau_neg", "score_depth", "tas_clusters",
+            "tas_bins", "cache_size", "cache_refresh"} <= set(retriever)
+    assert joint["sampler"] == "simans" and {"simans_a", "denoised_tau_neg"} <= set(joint)
+    assert main(["settings", "--set", "warmup_retriever.sampler=hardest"]) == 2
+    assert "warmup_retriever.sampler = 'hardest': expected one of" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change, reads_reranker", [
+    ({}, False), ({"sampler": "simans"}, False), ({"negatives": "cache"}, False),
+    ({"sampler": "denoised"}, True), ({"batching": "tas_balanced"}, True)])
+def test_the_warmup_reranker_is_an_input_only_where_a_strategy_reads_it(change, reads_reranker):
+    graph = build_definitions("ci", "", {"warmup_retriever": change}).resolve_asset_graph()
+    parents = {k.to_user_string() for k in graph.get(AssetKey("warmup_retriever")).parent_keys}
+    assert ("warmup_reranker" in parents) is reads_reranker
+    assert {"bm25_negatives", "corpus", "queries", "qrels"} <= parents

@@ -48,7 +48,8 @@ def build_joint_assets(settings: dict[str, Settings]) -> list:
             "jrr_pipeline.ml.training.launch",
             "jrr_pipeline.ml.training.loop", "jrr_pipeline.ml.losses.distillation",
             "jrr_pipeline.ml.losses.adversarial", "jrr_pipeline.ml.losses.listwise",
-            "jrr_pipeline.ml.training.gradcache", "jrr_pipeline.assets.common"),
+            "jrr_pipeline.ml.training.gradcache", "jrr_pipeline.assets.common",
+            "jrr_pipeline.ml.sampling", "jrr_pipeline.ml.training.scoring"),
     )
     def joint_models(context: AssetExecutionContext, config: JointConfig, warehouse: Warehouse,
                      artifacts: ArtifactStore, dataset: DatasetSource, compute: Compute,

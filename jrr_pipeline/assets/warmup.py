@@ -19,7 +19,13 @@ GROUP = "warmup"
 UPSTREAM = ["bm25_negatives", "corpus", "queries", "qrels"]
 CORE = ("jrr_pipeline.ml.training.loop", "jrr_pipeline.ml.training.warmup",
         "jrr_pipeline.ml.training.launch", "jrr_pipeline.ml.training.checkpoint",
-        "jrr_pipeline.assets.common")
+        "jrr_pipeline.assets.common", "jrr_pipeline.ml.training.data",
+        "jrr_pipeline.ml.training.examples", "jrr_pipeline.ml.sampling")
+# the retriever's negative strategies (sampler, batching, negatives settings)
+STRATEGIES = ("jrr_pipeline.ml.training.warmup_plan", "jrr_pipeline.ml.training.scoring",
+              "jrr_pipeline.ml.training.tas_examples", "jrr_pipeline.ml.training.negcache",
+              "jrr_pipeline.ml.sampling.tas", "jrr_pipeline.ml.sampling.simans",
+              "jrr_pipeline.ml.sampling.denoised", "jrr_pipeline.ml.sampling.uniform")
 
 
 def _train_asset(context, asset_name, settings, warehouse, artifacts, dataset, compute, tracking):
@@ -33,8 +39,10 @@ def _train_asset(context, asset_name, settings, warehouse, artifacts, dataset, c
     with compute.claim(f"{asset_name} ({context.run.run_id[:8]})", on_wait=context.log.warning), \
             tracking.start_run(f"{asset_name}-{name}", tags=tags) as run:
         tracking.log_dataset_input(name, str(dataset.directory), dataset.content_hashes())
+        models = ({"reranker": str(artifacts.path(name, "warmup_reranker"))}
+                  if getattr(settings, "needs_reranker", lambda: False)() else None)
         result, records = run_training(context, asset_name, settings, tables,
-                                       artifacts.path(name, ""), output, compute)
+                                       artifacts.path(name, ""), output, compute, models=models)
         log_params({**settings.to_dict(), "nproc": compute.nproc})
         for record in records:
             mlflow.log_metrics({k: float(v) for k, v in record["metrics"].items()},
@@ -79,8 +87,9 @@ def build_warmup_assets(settings: dict[str, Settings]) -> list:
         name="warmup_retriever",
         group_name=GROUP,
         pool=DEVICE_POOL,
-        deps=UPSTREAM,
-        code_version=code_version(retriever_settings, __name__, *CORE,
+        # the denoised sampler and TAS-Balanced margins read the warm-up reranker
+        deps=UPSTREAM + (["warmup_reranker"] if retriever_settings.needs_reranker() else []),
+        code_version=code_version(retriever_settings, __name__, *CORE, *STRATEGIES,
                                   "jrr_pipeline.ml.modeling.retriever",
                                   "jrr_pipeline.ml.losses.contrastive"),
         description="Dual encoder warmed up DPR-style: InfoNCE over 1 positive + n BM25 negatives "

@@ -8,7 +8,8 @@ where j runs over every passage of the (gathered) batch: the query's own hard ne
 other queries' positives and negatives, and, with ``cross_batch``, the passages of all DDP
 ranks; ``mask`` removes columns that must not count as negatives of query i (its other labelled
 positives, copies of its positive). ``s`` is the scale (1 / temperature). Logits and the
-softmax are computed in fp32 outside autocast.
+softmax are computed in fp32 outside autocast. ``extra`` embeddings (a negative cache) are more
+columns after the batch's passages, the same for every query and rank.
 
 References: Karpukhin et al. 2020, "Dense Passage Retrieval for Open-Domain Question
 Answering" (DPR, in-batch negatives); Qu et al. 2021, "RocketQA: An Optimized Training
@@ -39,10 +40,12 @@ class InfoNCELoss(nn.Module):
         self.cross_batch = cross_batch
         self.last_num_passages = 0
 
-    def forward(self, q: Tensor, p: Tensor, scale: float, mask: Tensor | None = None) -> Tensor:
-        """Mean loss over the local queries; ``q`` [B, H], ``p`` [B * (1 + n), H]; ``mask``
-        [B, passages in the logits] is True where a column is not a negative of that query
-        (never its own positive's column)."""
+    def forward(self, q: Tensor, p: Tensor, scale: float, mask: Tensor | None = None,
+                extra: Tensor | None = None) -> Tensor:
+        """Mean loss over the local queries; ``q`` [B, H], ``p`` [B * (1 + n), H]; ``extra``
+        [M, H] negatives appended as columns after the (gathered) passages (gradient as the
+        caller gives them: a cache passes constants); ``mask`` [B, passages in the logits (+ M)]
+        is True where a column is not a negative of that query (never its own positive's)."""
         if q.dim() != 2 or p.dim() != 2 or q.shape[1] != p.shape[1]:
             raise ValueError(
                 f"InfoNCELoss: expected q [B, H] and p [B*(1+n), H], got {tuple(q.shape)} "
@@ -62,6 +65,8 @@ class InfoNCELoss(nn.Module):
         target = offset + torch.arange(q.shape[0], device=q.device) * group
         with full_precision(q.device):
             logits = score_matrix(q, p, scale)
+            if extra is not None:
+                logits = torch.cat([logits, score_matrix(q, extra, scale)], dim=1)
             if mask is not None:
                 if mask.shape != logits.shape:
                     raise ValueError(f"InfoNCELoss: mask {tuple(mask.shape)} does not match the "

@@ -31,6 +31,10 @@ class Candidate:
 class Sampler(Protocol):
     name: str
 
+    def eligible(self, negatives: list[Candidate]) -> list[Candidate]:
+        """The candidates this sampler may ever return (its pool before any draw)."""
+        ...
+
     def sample(self, negatives: list[Candidate], n: int, rng: np.random.Generator,
                positive_score: float | None = None) -> list[Candidate]:
         """Up to ``n`` distinct candidates (fewer when the eligible pool is smaller)."""
@@ -53,7 +57,8 @@ def sample_without_replacement(pool: Sequence[T], n: int, rng: np.random.Generat
 
 
 def in_rank_order(candidates: Iterable[Candidate]) -> list[Candidate]:
-    """``candidates`` by (rank, doc id): the order samplers return their picks in."""
+    """``candidates`` by (rank, doc id): the order the scored samplers (denoised, SimANS) return
+    their picks in."""
     return sorted(candidates, key=lambda c: (c.rank, c.doc_id))
 
 

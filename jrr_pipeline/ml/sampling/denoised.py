@@ -24,11 +24,14 @@ class DenoisedSampler:
         if not 0.0 < self.tau_neg <= 1.0:
             raise ValueError(f"denoised sampler: tau_neg must be in (0, 1], got {self.tau_neg}")
 
-    def sample(self, negatives: list[Candidate], n: int, rng: np.random.Generator,
-               positive_score: float | None = None) -> list[Candidate]:
+    def eligible(self, negatives: list[Candidate]) -> list[Candidate]:
+        """The candidates up to ``rank_end`` whose reranker probability is below ``tau_neg``."""
         unscored = [c.doc_id for c in negatives if c.ce_prob is None]
         if unscored:
             raise ValueError(f"denoised sampler: {len(unscored)} candidates have no reranker "
                              f"probability (e.g. {unscored[0]!r}); score them first")
-        pool = [c for c in negatives if c.rank <= self.rank_end and c.ce_prob < self.tau_neg]
-        return draw_uniform(pool, n, rng)
+        return [c for c in negatives if c.rank <= self.rank_end and c.ce_prob < self.tau_neg]
+
+    def sample(self, negatives: list[Candidate], n: int, rng: np.random.Generator,
+               positive_score: float | None = None) -> list[Candidate]:
+        return draw_uniform(self.eligible(negatives), n, rng)

@@ -39,11 +39,15 @@ class SimANSSampler:
         if self.a <= 0:
             raise ValueError(f"simans sampler: a must be > 0, got {self.a}")
 
+    def eligible(self, negatives: list[Candidate]) -> list[Candidate]:
+        """The candidates up to ``rank_end`` (the weights only change how likely each is)."""
+        return [c for c in negatives if c.rank <= self.rank_end]
+
     def sample(self, negatives: list[Candidate], n: int, rng: np.random.Generator,
                positive_score: float | None = None) -> list[Candidate]:
         if positive_score is None:
             raise ValueError("simans sampler: needs the positive's score s(q, p+)")
-        pool = [c for c in negatives if c.rank <= self.rank_end]
+        pool = self.eligible(negatives)
         if n <= 0 or not pool:
             return []
         logp = simans_log_weights(np.array([c.score for c in pool]), positive_score, self.a, self.b)

@@ -15,6 +15,7 @@ from jrr_pipeline.ml.training.config import TrainConfig
 
 BM25_METHODS = Literal["lucene", "robertson", "atire", "bm25l", "bm25+"]
 SPLITS = Literal["train", "dev", "test"]
+SAMPLERS = Literal["uniform", "simans", "denoised"]
 FAISS_PROBE_DIM = 5040  # divisible by every small sub-quantizer count, so only the syntax is judged
 
 
@@ -135,6 +136,50 @@ class WarmupRetrieverSettings(WarmupSettings):
     index_passage_max_length: int = knob(
         256, "passage tokens the saved model encodes the corpus with (0 = as in training)", ge=0)
 
+    sampler: SAMPLERS = knob(
+        "uniform", "how the hard negatives are drawn from the BM25 rank window: uniform | simans "
+                   "(weight exp(-a (s(q,p-) - s(q,p+) - b)^2), s = the base model's cosine / "
+                   "temperature) | denoised (only negatives the warm-up reranker gives a "
+                   "probability below denoised_tau_neg of beating the positive)")
+    simans_a: float = knob(0.5, "simans: width a of the weights (scores are cosine / "
+                                "temperature, so within about +-20)", gt=0)
+    simans_b: float = knob(0.0, "simans: offset b: negatives scored near s(q, p+) + b are the "
+                                "likeliest")
+    denoised_tau_neg: float = knob(
+        0.1, "denoised: a negative stays one only if sigmoid(s_ce(q, p-) - s_ce(q, best "
+             "positive)) is below this (RocketQA's tau_neg)", gt=0, le=1)
+    score_depth: int = knob(
+        30, "simans / denoised / tas_balanced: the first N negatives of the rank window that are "
+            "scored per query (by the base model, or the warm-up reranker) and drawn from", ge=1)
+    batching: Literal["random", "tas_balanced"] = knob(
+        "random", "random (a seeded shuffle per epoch) | tas_balanced (TAS-B: every batch from "
+                  "one k-means cluster of the queries, each query's negative drawn from a "
+                  "uniformly chosen bin of the warm-up reranker's margin s_ce(p+) - s_ce(p-))")
+    tas_clusters: int = knob(32, "tas_balanced: k of the k-means (FAISS) over the train "
+                                 "queries' embeddings by the base model", ge=1)
+    tas_bins: int = knob(10, "tas_balanced: equal-width margin bins per (query, positive)", ge=1)
+    negatives: Literal["lists", "cache"] = knob(
+        "lists", "lists (the example's hard negatives + in-batch) | cache (also cache_size cached "
+                 "corpus passage embeddings, a share re-encoded every step, no gradient through "
+                 "them: Lindgren et al. 2021)")
+    cache_size: int = knob(1024, "cache: passages in the negative cache, drawn from the corpus",
+                           ge=1)
+    cache_refresh: float = knob(0.05, "cache: share of the cache re-encoded with the current "
+                                      "encoder every step (1 = all of it: exact, slow)",
+                                gt=0, le=1)
+
+    def sampler_spec(self) -> dict[str, Any]:
+        """``build_sampler`` options of ``sampler`` over the rank window."""
+        from jrr_pipeline.ml.sampling import sampler_spec
+
+        return sampler_spec(self.sampler, rank_window=(self.rank_window_start,
+                                                       self.rank_window_end),
+                            a=self.simans_a, b=self.simans_b, tau_neg=self.denoised_tau_neg)
+
+    def needs_reranker(self) -> bool:
+        """Whether training reads the warm-up reranker (denoised sampler, TAS-B margins)."""
+        return self.sampler == "denoised" or self.batching == "tas_balanced"
+
     def model_fields(self) -> dict[str, Any]:
         """``RetrieverConfig`` of the model to train."""
         return {"base_model": self.base_model, "pooling": self.pooling,
@@ -237,6 +282,20 @@ class JointSettings(Settings):
     retriever_ce_weight: float = knob(
         1.0, "weight of the retriever's own listwise CE on the labelled positive, added to the "
              "method's loss (our addition; 0 = the paper's loss)", ge=0)
+    sampler: SAMPLERS = knob(
+        "uniform", "how a list's negatives are picked from its query's label-0 rows of the "
+                   "candidates table: uniform (the table's own uniform draw: its first "
+                   "list_length - 1, as always) | simans (SimANS weights, s = the warm-up "
+                   "retriever's cosine / temperature) | denoised (only rows with "
+                   "sigmoid(ce_score - best positive's ce_score) below denoised_tau_neg); short "
+                   "picks are topped up in table order. Set denoised_candidates.list_length above "
+                   "list_length to give simans / denoised a choice")
+    simans_a: float = knob(0.5, "simans: width a of the weights (scores are cosine / "
+                                "temperature)", gt=0)
+    simans_b: float = knob(0.0, "simans: offset b: rows scored near s(q, p+) + b are the "
+                                "likeliest")
+    denoised_tau_neg: float = knob(0.1, "denoised: the warm-up reranker probability a row must "
+                                        "stay below to be a negative", gt=0, le=1)
     retriever_in_batch: bool = knob(
         False, "rocketqav2: the retriever's CE over every passage of the batch (other lists as "
                "in-batch negatives) instead of its own list")
@@ -281,6 +340,15 @@ class JointSettings(Settings):
         if self.retriever_in_batch and self.retriever_ce_weight == 0:
             raise ValueError(f"{self.stage}.retriever_in_batch = True: needs "
                              f"retriever_ce_weight > 0 (it widens the retriever's CE term)")
+
+    def sampler_spec(self) -> dict[str, Any] | None:
+        """``build_sampler`` options of ``sampler``; None for uniform (the table's own draw)."""
+        from jrr_pipeline.ml.sampling import sampler_spec
+
+        if self.sampler == "uniform":
+            return None
+        return sampler_spec(self.sampler, a=self.simans_a, b=self.simans_b,
+                            tau_neg=self.denoised_tau_neg)
 
     def train_config(self, **changes: Any) -> TrainConfig:
         """The loop's settings: RocketQAv2's run and AR2's retriever phase (lr = retriever_lr)."""

@@ -1,12 +1,16 @@
 """Deterministic batching: per-epoch shuffles derived from the seed, global batches, DDP shards.
 
 Nothing here keeps state: the order of epoch `e` is a pure function of (seed, e, n), so a resumed
-run only needs (epoch, batch index) to continue exactly where it stopped.
+run only needs (epoch, batch index) to continue exactly where it stopped. A ``BatchOrder`` says
+which examples make up the batches of an epoch: ``RandomOrder`` (a seeded shuffle, the default)
+or another strategy with the same contract (``ml.sampling.tas.TASBalancedOrder``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -14,6 +18,30 @@ import numpy as np
 def epoch_order(n_examples: int, seed: int, epoch: int) -> np.ndarray:
     """Permutation of range(n_examples) for `epoch`, reproducible from (seed, epoch)."""
     return np.random.default_rng([seed, epoch]).permutation(n_examples)
+
+
+class BatchOrder(Protocol):
+    """Which examples make up each global batch of an epoch, as a pure function of the epoch:
+    global batch i of epoch e is ``order(e, batch_size)[i * batch_size:(i + 1) * batch_size]``
+    on every rank (each takes its shard), after a resume too."""
+
+    def batches_per_epoch(self, batch_size: int, world_size: int) -> int: ...
+
+    def order(self, epoch: int, batch_size: int) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class RandomOrder:
+    """A seeded permutation of the examples per epoch (``epoch_order``)."""
+
+    n_examples: int
+    seed: int
+
+    def batches_per_epoch(self, batch_size: int, world_size: int) -> int:
+        return batches_per_epoch(self.n_examples, batch_size, world_size)
+
+    def order(self, epoch: int, batch_size: int) -> np.ndarray:
+        return epoch_order(self.n_examples, self.seed, epoch)
 
 
 def check_batch_size(batch_size: int, world_size: int) -> None:

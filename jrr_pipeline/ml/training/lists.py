@@ -7,12 +7,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import torch
 from torch import Tensor
 
 from jrr_pipeline.ml.modeling import CrossEncoderReranker, DenseRetriever
 from jrr_pipeline.ml.precision import score_matrix
+from jrr_pipeline.ml.sampling import Candidate, negative_picker
 from jrr_pipeline.ml.text import passage_texts, text_by_id
 
 
@@ -37,25 +39,84 @@ class CandidateList:
 
 
 def build_candidate_lists(queries: pl.DataFrame, corpus: pl.DataFrame, candidates: pl.DataFrame,
-                          list_length: int) -> list[CandidateList]:
+                          list_length: int, sampler: dict | None = None,
+                          seed: int = 0) -> list[CandidateList]:
     """One list per labelled positive (``source`` 'qrels') of each query of ``candidates``: that
-    positive, then the query's label-0 rows in table order, cut to ``list_length``. Lists that
-    come out shorter are dropped (batched losses need equal lengths). Pseudo positives (label 1
-    from denoising) get no list of their own but are masked like the labelled ones."""
+    positive, then ``list_length - 1`` of the query's label-0 rows. Lists that come out shorter
+    are dropped (batched losses need equal lengths). Pseudo positives (label 1 from denoising)
+    get no list of their own but are masked like the labelled ones.
+
+    Without ``sampler`` the negatives are the first rows in table order (the table's own uniform
+    draw). A ``sampler`` (``ml.sampling.sampler_spec``) draws them instead (seeded by ``seed``)
+    from all of the query's label-0 rows, ranked in table order, reading their ``score`` /
+    ``ce_prob`` columns and the query's ``positive_score`` (``score_candidates``); a short draw
+    is topped up with the remaining rows in table order."""
     text = text_by_id(queries)
     passages = dict(zip(corpus["doc_id"].to_list(), passage_texts(corpus), strict=True))
+    pick = negative_picker(sampler) if sampler else None
+    rng = np.random.default_rng(seed)
     lists = []
     ordered = candidates.with_row_index("row").sort("query_id", "row")
     for (qid,), group in ordered.group_by(["query_id"], maintain_order=True):
         labelled = group.filter((pl.col("label") == 1) & (pl.col("source") == "qrels"))
         positive_ids = frozenset(group.filter(pl.col("label") == 1)["doc_id"].to_list())
-        negatives = group.filter(pl.col("label") == 0)["doc_id"].to_list()
+        rows = group.filter(pl.col("label") == 0)
+        negatives = rows["doc_id"].to_list()
+        pool = _candidates(rows) if pick else []
         for positive in labelled["doc_id"].to_list():
-            docs = [positive, *negatives][:list_length]
+            if pick is None:
+                docs = [positive, *negatives][:list_length]
+            else:
+                picked = pick(pool, list_length - 1, rng, _first(group, "positive_score"))
+                rest = [d for d in negatives if d not in set(picked)]
+                docs = [positive, *picked, *rest][:list_length]
             if len(docs) == list_length:
                 lists.append(CandidateList(text[qid], tuple(passages[d] for d in docs), qid,
                                            tuple(docs), positive_ids))
     return lists
+
+
+def _candidates(rows: pl.DataFrame) -> list[Candidate]:
+    """A query's label-0 rows as sampler candidates, ranked in table order."""
+    def column(name: str) -> list:
+        return rows[name].to_list() if name in rows.columns else [None] * rows.height
+
+    return [Candidate(doc, rank, float(score or 0.0), "", prob) for rank, (doc, score, prob)
+            in enumerate(zip(rows["doc_id"].to_list(), column("score"), column("ce_prob"),
+                             strict=True), start=1)]
+
+
+def _first(group: pl.DataFrame, name: str) -> float | None:
+    return group[name][0] if name in group.columns else None
+
+
+def score_candidates(candidates: pl.DataFrame, sampler: str, retriever: DenseRetriever,
+                     queries: pl.DataFrame, corpus: pl.DataFrame,
+                     autocast_dtype: torch.dtype | None = None) -> pl.DataFrame:
+    """``candidates`` with what ``sampler`` reads (``ml.training.scoring``): for simans the
+    retriever's ``score`` of every row and each query's ``positive_score`` (its best labelled
+    positive's); for denoised ``ce_prob`` = sigmoid(ce_score - the best labelled positive's)."""
+    from jrr_pipeline.ml.training.scoring import dense_pair_scores, relative_probabilities
+
+    pairs = list(candidates.select("query_id", "doc_id").iter_rows())
+    positive = (pl.col("label") == 1) & (pl.col("source") == "qrels")
+    positives = list(candidates.filter(positive).select("query_id", "doc_id").iter_rows())
+    if sampler == "simans":
+        passages = dict(zip(corpus["doc_id"].to_list(), passage_texts(corpus), strict=True))
+        scores = dense_pair_scores(retriever, text_by_id(queries), passages, sorted(set(pairs)),
+                                   autocast_dtype=autocast_dtype)
+        lookup = dict(zip(sorted(set(pairs)), scores.tolist(), strict=True))
+        frame = candidates.with_columns(score=pl.Series([lookup[p] for p in pairs],
+                                                        dtype=pl.Float64))
+        best = pl.when(positive).then(pl.col("score")).otherwise(None).max().over("query_id")
+        return frame.with_columns(positive_score=best)
+    if sampler == "denoised":
+        prob = relative_probabilities(
+            dict(zip(pairs, candidates["ce_score"].cast(pl.Float64).to_list(), strict=True)),
+            positives)
+        return candidates.with_columns(ce_prob=pl.Series([prob.get(p) for p in pairs],
+                                                         dtype=pl.Float64))
+    return candidates
 
 
 def _list_length(batch: Sequence[CandidateList], owner: str) -> int:
@@ -127,21 +188,28 @@ def prepare_joint(spec) -> tuple[dict[str, pl.DataFrame], list[CandidateList], D
                                  CrossEncoderReranker]:
     """Tables, candidate lists and the two starting models of a joint run file
     (``ml.training.launch.RunSpec``), with the settings' training lengths applied."""
+    from jrr_pipeline.ml.precision import autocast_dtype, use_bf16
     from jrr_pipeline.ml.training.loop import seed_everything
 
     settings = spec.settings
     tables = spec.tables()
-    lists = build_candidate_lists(tables["queries"], tables["corpus"], tables["candidates"],
-                                  settings.list_length)
-    if not lists:
-        raise ValueError(f"{spec.data['candidates']}: no query has a positive and "
-                         f"{settings.list_length - 1} negatives (list_length "
-                         f"{settings.list_length})")
     seed_everything(settings.seed)
     retriever = DenseRetriever.from_pretrained(spec.models["retriever"])
     reranker = CrossEncoderReranker.from_pretrained(spec.models["reranker"])
     retriever.config.passage_max_length = settings.passage_max_length
     reranker.config.max_length = settings.reranker_max_length
+    sampler = settings.sampler_spec()
+    candidates = tables["candidates"]
+    if sampler is not None:  # what the sampler reads (SimANS: the starting retriever's scores)
+        dtype = autocast_dtype(use_bf16(settings.bf16, retriever.device))
+        candidates = score_candidates(candidates, settings.sampler, retriever, tables["queries"],
+                                      tables["corpus"], dtype)
+    lists = build_candidate_lists(tables["queries"], tables["corpus"], candidates,
+                                  settings.list_length, sampler, settings.seed)
+    if not lists:
+        raise ValueError(f"{spec.data['candidates']}: no query has a positive and "
+                         f"{settings.list_length - 1} negatives (list_length "
+                         f"{settings.list_length})")
     return tables, lists, retriever, reranker
 
 

@@ -34,7 +34,7 @@ from .checkpoint import (
     save_training_state,
 )
 from .config import TrainConfig
-from .data import batches_per_epoch, check_batch_size, epoch_order, local_batch
+from .data import BatchOrder, RandomOrder, check_batch_size, local_batch
 from .distributed import cleanup_distributed, init_distributed, training_device, world_info
 from .schedule import build_optimizer, build_scheduler
 
@@ -152,6 +152,7 @@ def train(
     *,
     stop_after_steps: int | None = None,
     module_lr_multipliers: dict[str, float] | None = None,
+    batching: BatchOrder | None = None,
 ) -> TrainResult:
     """Train `task` on `examples`, then save it to `output_dir` atomically (rank 0 only).
 
@@ -164,6 +165,8 @@ def train(
     before building the task's models if their initialisation must be reproducible too).
     `module_lr_multipliers` ({task module: lr factor}) scales the learning rate of a task module's
     parameters (joint training: the two models have their own rates).
+    `batching` decides which examples form each batch (default: a seeded shuffle per epoch,
+    ``data.RandomOrder``); it must be a pure function of the epoch, so resume and DDP hold.
     `stop_after_steps` is a test hook: return (completed=False, nothing saved beyond the periodic
     checkpoints) once that many steps are done in total, as if the process had been killed.
     """
@@ -174,7 +177,8 @@ def train(
     device = training_device()
     created_group = init_distributed(device)
     try:
-        run = _prepare(task, examples, config, device, module_lr_multipliers or {})
+        batching = batching or RandomOrder(len(examples), config.seed)
+        run = _prepare(task, examples, config, device, module_lr_multipliers or {}, batching)
         if state_dir is not None:
             _resume(run, Path(state_dir))
         _wrap_for_training(run)
@@ -201,6 +205,7 @@ class _Run:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     started: float
+    batching: BatchOrder
     model: nn.Module | None = None  # the container, DDP-wrapped under torchrun
     bf16: bool = False
     backward_done: bool = False  # the task runs its own backward (GradCache)
@@ -254,13 +259,13 @@ class _Window:
 
 
 def _prepare(task: TrainingTask, examples: Sequence, config: TrainConfig, device: torch.device,
-             module_lr_multipliers: dict[str, float]) -> _Run:
+             module_lr_multipliers: dict[str, float], batching: BatchOrder) -> _Run:
     """Step count, seeds, the task's modules on ``device``, optimizer and schedule."""
     started = time.perf_counter()
     rank, world = world_info()
     check_batch_size(config.batch_size, world)
     n = len(examples)
-    per_epoch = batches_per_epoch(n, config.batch_size, world)
+    per_epoch = batching.batches_per_epoch(config.batch_size, world)
     if per_epoch == 0:
         raise ValueError(
             f"train: {n} examples give no batch of a size divisible by the world size {world}"
@@ -283,7 +288,7 @@ def _prepare(task: TrainingTask, examples: Sequence, config: TrainConfig, device
                                 config.head_lr_multiplier, module_lr_multipliers)
     scheduler = build_scheduler(optimizer, total, config.warmup_ratio)
     return _Run(task, examples, config, device, rank, world, per_epoch, state, modules, container,
-                optimizer, scheduler, started)
+                optimizer, scheduler, started, batching)
 
 
 def _resume(run: _Run, state_dir: Path) -> None:
@@ -372,7 +377,7 @@ def _step(run: _Run, window: _Window) -> tuple[dict[str, float], float]:
     clipping, lr used)."""
     config, state = run.config, run.state
     if state.epoch not in run.orders:
-        run.orders = {state.epoch: epoch_order(len(run.examples), config.seed, state.epoch)}
+        run.orders = {state.epoch: run.batching.order(state.epoch, config.batch_size)}
     batch = local_batch(
         run.examples, run.orders[state.epoch], state.batch_in_epoch, config.batch_size, run.rank,
         run.world,
@@ -404,6 +409,8 @@ def _clip_each(modules: dict[str, nn.Module], max_norm: float) -> dict[str, floa
     clipping (NaN with clipping off)."""
     norms = {}
     for name, module in modules.items():
+        if next(module.parameters(), None) is None:
+            continue  # state only (a negative cache's buffers): nothing to clip
         params = [p for p in module.parameters() if p.grad is not None]
         norms[name] = (float(torch.nn.utils.clip_grad_norm_(params, max_norm))
                        if max_norm > 0 and params else math.nan)

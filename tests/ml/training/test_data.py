@@ -45,3 +45,11 @@ def test_shards_cover_each_global_batch_once() -> None:
     assert sorted(seen) == sorted(examples)
     with pytest.raises(ValueError, match="evenly"):
         shard(np.arange(5), 0, 2)
+
+
+def test_random_order_is_the_seeded_shuffle() -> None:
+    from jrr_pipeline.ml.training.data import RandomOrder
+
+    order = RandomOrder(10, seed=4)
+    assert np.array_equal(order.order(2, 4), epoch_order(10, 4, 2))
+    assert order.batches_per_epoch(4, 2) == batches_per_epoch(10, 4, 2) == 3
