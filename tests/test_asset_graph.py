@@ -357,9 +357,9 @@ def test_lists_longer_than_the_pool_warn_instead_of_failing(graph, ar2):
 
 
 def test_report_reads_the_dev_split_and_its_origin(graph, ar2):
-    """Last with the list test: it moves ten train queries to a dev split in the warehouse and
-    records a qrels materialization whose metadata says dev was carved from train, as the qrels
-    asset does when a dataset has no dev split. The report then scores every system on test and
+    """Last with the list test: it moves ten more train queries to the dev split in the warehouse
+    and records a qrels materialization whose metadata says dev was carved from train, as the
+    qrels asset does when a dataset has no dev split. The report then scores every system on test and
     on dev, and stores and logs both. Reranking only the top-1 keeps every first-stage document
     in place, so each +reranker row must equal its first stage's row (a run cut to the rerank
     depth would have R@100 = R@1)."""
@@ -368,7 +368,10 @@ def test_report_reads_the_dev_split_and_its_origin(graph, ar2):
     con = duckdb.connect(str(graph.home / "warehouse.duckdb"))
     con.execute("update qrels set split = 'dev' where query_id in (select distinct query_id "
                 "from qrels where split = 'train' order by query_id limit 10)")
+    dev_queries = con.execute("select count(distinct query_id) from qrels "
+                              "where split = 'dev'").fetchone()[0]
     con.close()
+    assert dev_queries >= 10  # the ten moved plus the qrels asset's own carve
     graph.instance.report_runless_asset_event(AssetMaterialization(
         asset_key="qrels", metadata={"dev_origin": "carved from train"}))
     outcome = graph.run(select="evaluation_report", stale_only=False,
@@ -376,7 +379,8 @@ def test_report_reads_the_dev_split_and_its_origin(graph, ar2):
     assert outcome.success, outcome.failure
     assert outcome.materialized == ["evaluation_report"]
     report = json.loads(outcome.report_path.read_text())
-    assert report["selection"] == {"split": "dev", "origin": "carved from train", "queries": 10}
+    assert report["selection"] == {"split": "dev", "origin": "carved from train",
+                                   "queries": dev_queries}
     assert report["split"] == "test" and report["num_queries"] == 20 and report["rerank_depth"] == 1
     assert set(report["dev_systems"]) == set(report["systems"])
     for systems in (report["systems"], report["dev_systems"]):
@@ -385,7 +389,7 @@ def test_report_reads_the_dev_split_and_its_origin(graph, ar2):
             assert systems[name] == systems[name.split("+reranker")[0]], name
     markdown = (outcome.report_path.parent / "evaluation.md").read_text()
     assert markdown.index("### test figures") < markdown.index("### dev figures")
-    assert "chosen on `dev` (carved from train, 10 queries)" in markdown
+    assert f"chosen on `dev` (carved from train, {dev_queries} queries)" in markdown
 
     con = duckdb.connect(str(graph.home / "warehouse.duckdb"), read_only=True)
     stored = dict(con.execute(

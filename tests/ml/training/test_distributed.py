@@ -43,10 +43,10 @@ def test_two_gloo_ranks(no_dropout_model, tmp_path) -> None:
     args = [str(no_dropout_model), str(out)]
     # first launch stops after 2 of 3 steps (as if killed), the second resumes from the state
     launch_torchrun(2, "tests.ml.training.ddp_worker", [*args, "2"], env=env, cwd=REPO,
-                    timeout=240)
+                    timeout=600)
     first = json.loads((out / "rank1.json").read_text())
     assert not first["completed"] and first["step"] == 2 and not (out / "model").exists()
-    launch_torchrun(2, "tests.ml.training.ddp_worker", args, env=env, cwd=REPO, timeout=240)
+    launch_torchrun(2, "tests.ml.training.ddp_worker", args, env=env, cwd=REPO, timeout=600)
     reports = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
     weights = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
     for key, value in weights[0].items():
