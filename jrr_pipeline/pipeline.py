@@ -6,7 +6,7 @@ import os
 
 from dagster import AssetSelection, Definitions, define_asset_job
 
-from jrr_pipeline.assets import ASSET_CHECKS, build_assets
+from jrr_pipeline.assets import build_asset_checks, build_assets
 from jrr_pipeline.automation import build_automation
 from jrr_pipeline.console import console_logger
 from jrr_pipeline.dagster_compat import forget_closed_defs_state_storage
@@ -54,7 +54,7 @@ def build_definitions(preset: str | None = None, data_dir: str | None = None,
     schedules, sensors = build_automation(PIPELINE_JOB, preset)
     return Definitions(
         assets=assets,
-        asset_checks=ASSET_CHECKS,
+        asset_checks=build_asset_checks(resolved),
         jobs=[pipeline],
         schedules=schedules,
         sensors=sensors,

@@ -52,6 +52,11 @@ PRESETS: dict[str, UserSettings] = {
                          "checkpoint_every": 1, "log_every": 1},
         "faiss_index": {"batch_size": 32},
         "evaluation_report": {"depth": 20, "rerank_depth": 10},
+        "generation": {"rounds": 2, "documents_per_round": 6, "queries_per_document": 2,
+                       "n_negatives": 1, "negative_depth": 10, "batch_size": 4,
+                       "query_max_length": 16, "passage_max_length": 48,
+                       "reranker_max_length": 64, "max_source_length": 64,
+                       "final_documents": 30},
     },
     # a 2-core laptop runs SciFact end to end well inside an hour. Chosen on SciFact's dev split
     # (carved from train; docs/results.md): warm-up lr 3e-5 beat 2e-5 and 5e-5
@@ -80,6 +85,9 @@ PRESETS: dict[str, UserSettings] = {
                          "ar2_refresh_top_k": 100, "checkpoint_every": 50, "log_every": 10},
         "faiss_index": {"batch_size": 256},
         "evaluation_report": {"rerank_batch_size": 256},
+        "generation": {"rounds": 20, "documents_per_round": 256, "batch_size": 64,
+                       "passage_max_length": 256, "reranker_max_length": 320,
+                       "final_documents": 0},
     },
 }
 

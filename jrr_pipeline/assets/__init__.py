@@ -5,6 +5,7 @@ from __future__ import annotations
 from jrr_pipeline.assets.candidates import CANDIDATES_CHECKS, build_candidates_assets
 from jrr_pipeline.assets.data import DATA_CHECKS, build_data_assets, dataset_files
 from jrr_pipeline.assets.evaluation import build_evaluation_assets
+from jrr_pipeline.assets.generation import build_generation_assets, generation_checks
 from jrr_pipeline.assets.joint import build_joint_assets
 from jrr_pipeline.assets.negatives import (
     NEGATIVES_CHECKS,
@@ -23,6 +24,7 @@ def build_assets(settings: dict[str, Settings]) -> list:
         dataset_files,
         *build_data_assets(settings),
         *build_negatives_assets(settings),
+        *build_generation_assets(settings),
         *build_warmup_assets(settings),
         *build_dense_assets(settings),
         *build_candidates_assets(settings),
@@ -34,4 +36,11 @@ def build_assets(settings: dict[str, Settings]) -> list:
 
 ASSET_CHECKS = [*DATA_CHECKS, *NEGATIVES_CHECKS, *CANDIDATES_CHECKS, *SERVING_CHECKS]
 
-__all__ = ["ASSET_CHECKS", "build_assets"]
+
+
+def build_asset_checks(settings: dict[str, Settings]) -> list:
+    """The fixed checks plus those of the stages a setting adds (the generated queries)."""
+    return [*ASSET_CHECKS, *generation_checks(settings)]
+
+
+__all__ = ["ASSET_CHECKS", "build_asset_checks", "build_assets"]

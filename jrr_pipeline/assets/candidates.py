@@ -15,7 +15,15 @@ from dagster import (
     asset_check,
 )
 
-from jrr_pipeline.assets.common import DEVICE_POOL, dagster_tags, log_params, stage_config
+from jrr_pipeline.assets.common import (
+    DEVICE_POOL,
+    dagster_tags,
+    label_deps,
+    label_settings,
+    log_params,
+    stage_config,
+    training_tables,
+)
 from jrr_pipeline.ml.settings import DenoisedCandidatesSettings, Settings
 from jrr_pipeline.resources import ArtifactStore, Compute, DatasetSource, MLflowTracking, Warehouse
 from jrr_pipeline.settings import code_version
@@ -23,12 +31,17 @@ from jrr_pipeline.settings import code_version
 GROUP = "candidates"
 
 
-def score_frame(warehouse: Warehouse, config: DenoisedCandidatesSettings) -> pl.DataFrame:
-    """Positives + merged retrieved candidates of every train query, without scores yet."""
+def score_frame(warehouse: Warehouse, config: DenoisedCandidatesSettings,
+                qrels_table: pl.DataFrame | None = None) -> pl.DataFrame:
+    """Positives + merged retrieved candidates of every train query, without scores yet
+    (``qrels_table``: the training qrels of a labels mode; default the qrels table)."""
     from jrr_pipeline.ml.denoise import merge_retrieved
 
-    qrels = warehouse.query("SELECT query_id, doc_id FROM qrels WHERE split = 'train' AND relevance > 0")
-    all_positive = warehouse.query("SELECT DISTINCT query_id, doc_id FROM qrels WHERE relevance > 0")
+    table = warehouse.table("qrels") if qrels_table is None else qrels_table
+    positive = table.filter(pl.col("relevance") > 0).select(pl.col("query_id").cast(pl.Utf8),
+                                                            pl.col("doc_id").cast(pl.Utf8), "split")
+    qrels = positive.filter(pl.col("split") == "train").drop("split")
+    all_positive = positive.drop("split").unique()
     negatives = warehouse.query("SELECT query_id, doc_id, rank, source FROM negatives")
     retrieved = merge_retrieved(negatives, config.top_k, config.sources)
     retrieved = retrieved.join(all_positive, on=["query_id", "doc_id"], how="anti")
@@ -48,8 +61,10 @@ def build_candidates_assets(settings: dict[str, Settings]) -> list:
         name="denoised_candidates",
         group_name=GROUP,
         pool=DEVICE_POOL,
-        deps=["warmup_reranker", "bm25_negatives", "dense_negatives", "corpus", "queries", "qrels"],
-        code_version=code_version(settings["denoised_candidates"], __name__,
+        deps=["warmup_reranker", "bm25_negatives", "dense_negatives", "corpus", "queries", "qrels",
+              *label_deps(settings)],
+        code_version=code_version([settings["denoised_candidates"], *label_settings(settings)],
+                                  __name__,
                                   "jrr_pipeline.ml.denoise"),
         description="RocketQA denoising of BM25 + dense top-k with the warm-up reranker, then "
                     "RocketQAv2 hybrid lists -> the `candidates` table (label, source, ce_score)",
@@ -60,12 +75,13 @@ def build_candidates_assets(settings: dict[str, Settings]) -> list:
         with compute.claim(f"denoised_candidates ({context.run.run_id[:8]})",
                            on_wait=context.log.warning):
             return _denoised_candidates(context, config.settings(), warehouse, artifacts, dataset,
+                                        settings["generation"],
                                         compute, mlflow_tracking)
 
     return [denoised_candidates]
 
 
-def _denoised_candidates(context, config, warehouse, artifacts, dataset, compute,
+def _denoised_candidates(context, config, warehouse, artifacts, dataset, generation, compute,
                          tracking) -> MaterializeResult:
     from jrr_pipeline.ml.denoise import calibrate, decide, denoise_stats, hybrid_lists
     from jrr_pipeline.ml.inference import autocast_dtype
@@ -74,10 +90,10 @@ def _denoised_candidates(context, config, warehouse, artifacts, dataset, compute
 
     name = dataset.dataset_name
     compute.apply_threads()
-    frame = score_frame(warehouse, config)
+    queries, qrels = training_tables(warehouse, generation)
+    frame = score_frame(warehouse, config, qrels)
     corpus = warehouse.table("corpus")
     passages = dict(zip(corpus["doc_id"].to_list(), passage_texts(corpus), strict=True))
-    queries = warehouse.table("queries")
     text = dict(zip(queries["query_id"].to_list(), queries["text"].to_list(), strict=True))
     reranker = CrossEncoderReranker.from_pretrained(str(artifacts.path(name, "warmup_reranker")))
     reranker = reranker.to(compute.torch_device()).eval()

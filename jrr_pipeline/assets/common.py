@@ -163,3 +163,25 @@ def log_params(params: dict[str, Any]) -> None:
     flat = {k: (json.dumps(v) if isinstance(v, dict | list | tuple) else v)
             for k, v in params.items()}
     mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})
+
+
+def label_deps(settings: dict[str, Settings]) -> list[str]:
+    """``['generated_queries']`` where the training stages read generated queries (labels mode
+    augment or none), else []."""
+    return [] if settings["generation"].labels == "only" else ["generated_queries"]
+
+
+def label_settings(settings: dict[str, Settings]) -> list[Settings]:
+    """The generation settings where they change what the training stages read (their code
+    versions include them), else [] (so `only` mode's code versions stay as they were)."""
+    return [] if settings["generation"].labels == "only" else [settings["generation"]]
+
+
+def training_tables(warehouse, generation: Settings) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(queries, qrels) as the training stages see them in ``generation.labels`` mode
+    (``ml.generation.setup.training_tables``)."""
+    from jrr_pipeline.ml.generation.setup import training_tables as compose
+
+    generated = None if generation.labels == "only" else warehouse.table("generated_queries")
+    return compose(generation.labels, warehouse.table("queries"), warehouse.table("qrels"),
+                   generated, generation.augment_weight, generation.seed)

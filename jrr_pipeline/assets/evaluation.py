@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import polars as pl
 from dagster import AssetExecutionContext, AssetKey, MaterializeResult, MetadataValue, asset
 
-from jrr_pipeline.assets.common import DEVICE_POOL, dagster_tags, stage_config
+from jrr_pipeline.assets.common import DEVICE_POOL, dagster_tags, label_settings, stage_config
 from jrr_pipeline.assets.negatives import WARMUP_INDEX
 from jrr_pipeline.ml.settings import Settings
 from jrr_pipeline.ml.text import query_texts
@@ -170,6 +170,7 @@ def dev_origin(context) -> str:
 
 def build_evaluation_assets(settings: dict[str, Settings]) -> list:
     EvalConfig = stage_config(settings["evaluation_report"])
+    labels = settings["generation"].labels  # which training queries the models saw
 
     @asset(
         name="evaluation_report",
@@ -178,7 +179,7 @@ def build_evaluation_assets(settings: dict[str, Settings]) -> list:
         deps=["bm25_index", "dense_negatives", "warmup_retriever", "warmup_reranker", "faiss_index",
               "joint_retriever", "joint_reranker", "queries", "qrels"],
         code_version=code_version(
-            settings["evaluation_report"], __name__, "jrr_pipeline.ml.evaluation.metrics",
+            [settings["evaluation_report"], *label_settings(settings)], __name__, "jrr_pipeline.ml.evaluation.metrics",
             "jrr_pipeline.ml.evaluation.report", "jrr_pipeline.ml.index", "jrr_pipeline.ml.fusion",
             "jrr_pipeline.ml.ranking",
         ),
@@ -205,7 +206,7 @@ def build_evaluation_assets(settings: dict[str, Settings]) -> list:
                                         sorted({*query_ids, *dev_ids}), compute)
         systems, curves, per_query_ndcg = score_runs(runs, qrels, split)
         dev_systems = split_measures(runs, qrels, dev) if dev else None
-        extra = {"num_queries": len(query_ids), "depth": settings.depth,
+        extra = {"labels": labels, "num_queries": len(query_ids), "depth": settings.depth,
                  "rerank_depth": settings.rerank_depth,
                  "rerank_fusion_weight": settings.rerank_fusion_weight,
                  "timed_queries": len({*query_ids, *dev_ids}),
@@ -261,7 +262,8 @@ def _record(context, settings, name, split, systems, curves, per_query_ndcg, ext
                            "num_queries": extra["num_queries"],
                            "selection_split": selection["split"] or "none",
                            "selection_origin": selection["origin"] or "none",
-                           "selection_queries": selection["queries"]})
+                           "selection_queries": selection["queries"],
+                           "labels": extra["labels"]})
         for system, values in systems.items():
             mlflow.log_metrics({mlflow_metric_name(system, m): v for m, v in values.items()})
         for system, values in (dev_systems or {}).items():

@@ -12,10 +12,13 @@ from dagster import AssetExecutionContext, AssetSpec, MaterializeResult, Metadat
 from jrr_pipeline.assets.common import (
     DEVICE_POOL,
     dagster_tags,
+    label_deps,
+    label_settings,
     log_params,
     registered_model_name,
     run_training,
     stage_config,
+    training_tables,
 )
 from jrr_pipeline.ml.evaluation.metrics import monitor_split
 from jrr_pipeline.ml.io import atomic_directory as swap_dir
@@ -35,15 +38,15 @@ def build_joint_assets(settings: dict[str, Settings]) -> list:
     @multi_asset(
         name="joint_models",
         specs=[
-            AssetSpec("joint_retriever", group_name=GROUP, deps=UPSTREAM,
+            AssetSpec("joint_retriever", group_name=GROUP, deps=UPSTREAM + label_deps(settings),
                       description="Dual encoder trained jointly with the reranker (RocketQAv2 "
                                   "dynamic listwise distillation or AR2)"),
-            AssetSpec("joint_reranker", group_name=GROUP, deps=UPSTREAM,
+            AssetSpec("joint_reranker", group_name=GROUP, deps=UPSTREAM + label_deps(settings),
                       description="Cross-encoder trained jointly with the retriever"),
         ],
         pool=DEVICE_POOL,
         code_version=code_version(
-            joint_settings, __name__, "jrr_pipeline.ml.training.rocketqav2",
+            [joint_settings, *label_settings(settings)], __name__, "jrr_pipeline.ml.training.rocketqav2",
             "jrr_pipeline.ml.training.ar2", "jrr_pipeline.ml.training.lists",
             "jrr_pipeline.ml.training.launch",
             "jrr_pipeline.ml.training.loop", "jrr_pipeline.ml.losses.distillation",
@@ -56,17 +59,19 @@ def build_joint_assets(settings: dict[str, Settings]) -> list:
                      mlflow_tracking: MLflowTracking):
         with compute.claim(f"joint_models ({context.run.run_id[:8]})", on_wait=context.log.warning):
             yield from _joint(context, config.settings(), warehouse, artifacts, dataset, compute,
-                              mlflow_tracking)
+                              mlflow_tracking, settings["generation"])
 
     return [joint_models]
 
 
-def _joint(context, settings, warehouse, artifacts, dataset, compute, tracking):
+def _joint(context, settings, warehouse, artifacts, dataset, compute, tracking, generation):
     import mlflow
 
     name = dataset.dataset_name
     root = artifacts.path(name, "")
-    tables = {t: warehouse.table(t) for t in ("queries", "corpus", "qrels", "candidates")}
+    queries, qrels = training_tables(warehouse, generation)
+    tables = {"queries": queries, "qrels": qrels,
+              **{t: warehouse.table(t) for t in ("corpus", "candidates")}}
     output = root / ".work" / "joint_models-output"
     models = {"retriever": str(artifacts.path(name, "warmup_retriever")),
               "reranker": str(artifacts.path(name, "warmup_reranker"))}

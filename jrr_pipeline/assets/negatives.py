@@ -15,7 +15,15 @@ from dagster import (
     asset_check,
 )
 
-from jrr_pipeline.assets.common import DEVICE_POOL, WAREHOUSE_POOL, manifest, stage_config
+from jrr_pipeline.assets.common import (
+    DEVICE_POOL,
+    WAREHOUSE_POOL,
+    label_deps,
+    label_settings,
+    manifest,
+    stage_config,
+    training_tables,
+)
 from jrr_pipeline.ml.inference import autocast_dtype, encode_queries, load_retriever
 from jrr_pipeline.ml.settings import Settings
 from jrr_pipeline.resources import ArtifactStore, Compute, DatasetSource, Warehouse
@@ -28,6 +36,7 @@ WARMUP_INDEX = "warmup_index"  # artifact folder of the warm-up retriever's corp
 def build_negatives_assets(settings: dict[str, Settings]) -> list:
     IndexConfig = stage_config(settings["bm25_index"])
     NegConfig = stage_config(settings["bm25_negatives"])
+    generation = settings["generation"]
 
     @asset(
         name="bm25_index",
@@ -66,8 +75,9 @@ def build_negatives_assets(settings: dict[str, Settings]) -> list:
         name="bm25_negatives",
         pool=WAREHOUSE_POOL,
         group_name=GROUP,
-        deps=["bm25_index", "queries", "qrels"],
-        code_version=code_version(settings["bm25_negatives"], __name__, "jrr_pipeline.ml.sparse"),
+        deps=["bm25_index", "queries", "qrels", *label_deps(settings)],
+        code_version=code_version([settings["bm25_negatives"], *label_settings(settings)],
+                                  __name__, "jrr_pipeline.ml.sparse"),
         description="BM25 top-k of every train query minus its labelled positives -> negatives table",
     )
     def bm25_negatives(
@@ -80,14 +90,15 @@ def build_negatives_assets(settings: dict[str, Settings]) -> list:
         from jrr_pipeline.ml.sparse import BM25Index, mine_negatives
 
         index = BM25Index.load(artifacts.path(dataset.dataset_name, "bm25_index"))
-        queries, qrels = warehouse.table("queries"), warehouse.table("qrels")
+        queries, qrels = training_tables(warehouse, generation)
         splits = sorted(qrels["split"].unique().to_list())
         if config.split not in splits:
             raise ValueError(
                 f"{dataset.directory}: the qrels have no '{config.split}' split (found: "
                 f"{', '.join(splits) or 'none'}); the training stages need labelled "
                 f"{config.split} queries (BEIR: qrels/{config.split}.tsv); without them only "
-                f"the data and BM25 index can be built (--select '*bm25_index')")
+                f"the data and BM25 index can be built (--select '*bm25_index'), or train on "
+                f"generated queries (--labels none)")
         started = time.perf_counter()
         negatives = mine_negatives(index, queries, qrels, k=config.top_k, split=config.split,
                                    n_threads=config.threads)
@@ -117,13 +128,15 @@ def build_negatives_assets(settings: dict[str, Settings]) -> list:
 def build_dense_assets(settings: dict[str, Settings]) -> list:
     """dense_negatives: the warm-up retriever's ANCE-style negatives."""
     DenseCfg = stage_config(settings["dense_negatives"])
+    generation = settings["generation"]
 
     @asset(
         name="dense_negatives",
         group_name=GROUP,
         pool=DEVICE_POOL,
-        deps=["warmup_retriever", "corpus", "queries", "qrels"],
-        code_version=code_version(settings["dense_negatives"], __name__, "jrr_pipeline.ml.index"),
+        deps=["warmup_retriever", "corpus", "queries", "qrels", *label_deps(settings)],
+        code_version=code_version([settings["dense_negatives"], *label_settings(settings)],
+                                  __name__, "jrr_pipeline.ml.index"),
         description="Encode the corpus with the warm-up retriever, index it with FAISS (kept as the "
                     "warmup_index artifact), mine top-k per train query minus positives -> negatives",
     )
@@ -132,12 +145,13 @@ def build_dense_assets(settings: dict[str, Settings]) -> list:
                         compute: Compute) -> MaterializeResult:
         with compute.claim(f"dense_negatives ({context.run.run_id[:8]})", on_wait=context.log.warning):
             return _dense_negatives(context, config.settings(), warehouse, artifacts, dataset,
-                                    compute)
+                                    compute, generation)
 
     return [dense_negatives]
 
 
-def _dense_negatives(context, config, warehouse, artifacts, dataset, compute) -> MaterializeResult:
+def _dense_negatives(context, config, warehouse, artifacts, dataset, compute,
+                     generation) -> MaterializeResult:
     from jrr_pipeline.ml.index import build_index, encode_corpus, save_index, search
 
     name = dataset.dataset_name
@@ -154,10 +168,9 @@ def _dense_negatives(context, config, warehouse, artifacts, dataset, compute) ->
     doc_ids = corpus["doc_id"].to_list()
     save_index(index, doc_ids, artifacts.path(name, WARMUP_INDEX))
 
-    qrels = warehouse.table("qrels")
+    queries, qrels = training_tables(warehouse, generation)
     split_qrels = qrels.filter(pl.col("split") == config.split)
     query_ids = sorted(split_qrels["query_id"].unique().to_list())
-    queries = warehouse.table("queries")
     text = dict(zip(queries["query_id"].to_list(), queries["text"].to_list(), strict=True))
     q_emb = encode_queries(retriever, [text[q] for q in query_ids], compute.use_bf16())
     started = time.perf_counter()

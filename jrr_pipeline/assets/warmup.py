@@ -5,11 +5,14 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 from jrr_pipeline.assets.common import (
     DEVICE_POOL,
     dagster_tags,
+    label_deps,
+    label_settings,
     log_params,
     manifest,
     registered_model_name,
     run_training,
     stage_config,
+    training_tables,
 )
 from jrr_pipeline.ml.settings import Settings
 from jrr_pipeline.resources import ArtifactStore, Compute, DatasetSource, MLflowTracking, Warehouse
@@ -28,11 +31,13 @@ STRATEGIES = ("jrr_pipeline.ml.training.warmup_plan", "jrr_pipeline.ml.training.
               "jrr_pipeline.ml.sampling.denoised", "jrr_pipeline.ml.sampling.uniform")
 
 
-def _train_asset(context, asset_name, settings, warehouse, artifacts, dataset, compute, tracking):
+def _train_asset(context, asset_name, settings, warehouse, artifacts, dataset, compute, tracking,
+                 generation):
     import mlflow
 
     name = dataset.dataset_name
-    tables = {t: warehouse.table(t) for t in ("queries", "corpus", "qrels")}
+    queries, qrels = training_tables(warehouse, generation)
+    tables = {"queries": queries, "corpus": warehouse.table("corpus"), "qrels": qrels}
     tables["negatives"] = warehouse.query("SELECT * FROM negatives WHERE source = 'bm25'")
     output = artifacts.path(name, asset_name)
     tags = {**dagster_tags(context), "dataset": name}
@@ -88,8 +93,9 @@ def build_warmup_assets(settings: dict[str, Settings]) -> list:
         group_name=GROUP,
         pool=DEVICE_POOL,
         # the denoised sampler and TAS-Balanced margins read the warm-up reranker
-        deps=UPSTREAM + (["warmup_reranker"] if retriever_settings.needs_reranker() else []),
-        code_version=code_version(retriever_settings, __name__, *CORE, *STRATEGIES,
+        deps=UPSTREAM + (["warmup_reranker"] if retriever_settings.needs_reranker() else [])
+        + label_deps(settings),
+        code_version=code_version([retriever_settings, *label_settings(settings)], __name__, *CORE, *STRATEGIES,
                                   "jrr_pipeline.ml.modeling.retriever",
                                   "jrr_pipeline.ml.losses.contrastive"),
         description="Dual encoder warmed up DPR-style: InfoNCE over 1 positive + n BM25 negatives "
@@ -99,14 +105,14 @@ def build_warmup_assets(settings: dict[str, Settings]) -> list:
                          warehouse: Warehouse, artifacts: ArtifactStore, dataset: DatasetSource,
                          compute: Compute, mlflow_tracking: MLflowTracking) -> MaterializeResult:
         return _train_asset(context, "warmup_retriever", config.settings(), warehouse, artifacts,
-                            dataset, compute, mlflow_tracking)
+                            dataset, compute, mlflow_tracking, settings["generation"])
 
     @asset(
         name="warmup_reranker",
         group_name=GROUP,
         pool=DEVICE_POOL,
-        deps=UPSTREAM,
-        code_version=code_version(reranker_settings, __name__, *CORE,
+        deps=UPSTREAM + label_deps(settings),
+        code_version=code_version([reranker_settings, *label_settings(settings)], __name__, *CORE,
                                   "jrr_pipeline.ml.modeling.reranker",
                                   "jrr_pipeline.ml.losses.listwise"),
         description="Cross-encoder warmed up with listwise softmax CE over 1 positive + n BM25 "
@@ -116,6 +122,6 @@ def build_warmup_assets(settings: dict[str, Settings]) -> list:
                         warehouse: Warehouse, artifacts: ArtifactStore, dataset: DatasetSource,
                         compute: Compute, mlflow_tracking: MLflowTracking) -> MaterializeResult:
         return _train_asset(context, "warmup_reranker", config.settings(), warehouse, artifacts,
-                            dataset, compute, mlflow_tracking)
+                            dataset, compute, mlflow_tracking, settings["generation"])
 
     return [warmup_retriever, warmup_reranker]

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from jrr_pipeline.ml.settings.base import shown
+from jrr_pipeline.ml.settings.generation import LABEL_MODES
 from jrr_pipeline.resources.home import configure_environment, jrr_home
 from jrr_pipeline.resources.locks import ResourceBusyError
 from jrr_pipeline.settings import PRESET_NAMES, user_settings
@@ -38,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--quiet", action="store_true", help="only print the summary")
     run.add_argument("--dry-run", action="store_true",
                      help="only list what is stale now and what lies downstream of it")
+    run.add_argument("--labels", choices=LABEL_MODES, default=None,
+                     help="training queries: only = the dataset's train qrels (default), augment "
+                          "= plus generated queries, none = generated queries only (the "
+                          "generation stage; same as --set generation.labels=...)")
     run.add_argument("--set", action="append", default=[], metavar="STAGE.FIELD=VALUE",
                      help="override one setting (repeatable), e.g. warmup_reranker.lr=3e-5; "
                           "applied over $JRR_SETTINGS (a TOML file) and the preset")
@@ -65,6 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     lineage.add_argument("model", help="MODEL_NAME[:VERSION], e.g. jrr-scifact-warmup_retriever:2")
     lineage.add_argument("--tracking-uri", default="",
                          help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the embedded store)")
+
+    gen = add_parser("generated", help="generated queries next to their documents")
+    gen.add_argument("--doc", default=None, help="only this document's queries")
+    gen.add_argument("--round", type=int, default=None,
+                     help="only this game round (-1 = the training queries of the trained generator)")
+    gen.add_argument("--limit", type=int, default=20, help="queries shown (default 20)")
+    gen.add_argument("--width", type=int, default=100, help="characters of document text shown")
 
     cands = add_parser("candidates", help="a query's denoised candidate list, to judge by eye")
     cands.add_argument("query_id", help="a train query id (see the candidates table)")
@@ -98,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     quiet_dagster_previews()
     commands = {"run": cmd_run, "settings": cmd_settings, "lineage": cmd_lineage,
                 "search": cmd_search, "candidates": cmd_candidates, "ui": cmd_ui,
-                "mlflow": cmd_mlflow, "report": cmd_report, "doctor": cmd_doctor}
+                "mlflow": cmd_mlflow, "report": cmd_report, "doctor": cmd_doctor,
+                "generated": cmd_generated}
     try:
         return commands[args.command](args)
     except DataFormatError as err:  # bad data: the run did not start, nothing was written
@@ -139,7 +152,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not data_dir.is_dir():
         raise FileNotFoundError(f"{data_dir}: no such dataset directory")
     started = time.perf_counter()
-    settings = user_settings(args.set, args.preset)
+    labels = [f"generation.labels={args.labels}"] if args.labels else []
+    settings = user_settings(labels + args.set, args.preset)
     outcome = run_pipeline(str(data_dir), preset=args.preset, select=args.select,
                            stale_only=args.stale_only, dataset_name=args.name,
                            echo=None if args.quiet else print, settings=settings,
@@ -202,6 +216,40 @@ def cmd_search(args: argparse.Namespace) -> int:
         for rank, hit in enumerate(hits, start=1):
             text = " ".join(passage_text(hit.title, hit.text).split())
             print(f"{rank:>3}. {hit.score:8.3f}  {hit.doc_id:<12} {text[:100]}")
+    return 0
+
+
+def cmd_generated(args: argparse.Namespace) -> int:
+    from jrr_pipeline.ml.text import passage_text
+    from jrr_pipeline.resources import Warehouse
+
+    warehouse = Warehouse()
+    if not warehouse.has_table("generated_queries"):
+        raise FileNotFoundError(f"{warehouse.file}: no generated_queries table; run with "
+                                f"--labels none or --labels augment")
+    where, params = [], []
+    if args.doc is not None:
+        where.append("g.doc_id = ?")
+        params.append(args.doc)
+    if args.round is not None:
+        where.append("g.round = ?")
+        params.append(args.round)
+    rows = warehouse.query(
+        "SELECT g.round, g.query_id, g.text, g.reward, g.doc_id, c.title, c.text FROM "
+        "generated_queries g JOIN corpus c USING (doc_id)"
+        + (f" WHERE {' AND '.join(where)}" if where else "")
+        + " ORDER BY g.round = -1 DESC, g.round DESC, g.doc_id, g.query_id LIMIT ?", [*params, args.limit])
+    if rows.height == 0:
+        raise ValueError("no generated query matches"
+                         + (f" --doc {args.doc}" if args.doc is not None else "")
+                         + (f" --round {args.round}" if args.round is not None else ""))
+    for rnd, qid, query, reward, doc_id, title, text in rows.iter_rows():
+        passage = " ".join(passage_text(title, text).split())
+        if len(passage) > args.width:
+            passage = passage[: args.width - 3] + "..."
+        score = "" if reward is None else f"  reward {reward:.3f}"
+        label = "final" if rnd == -1 else f"round {rnd}"
+        print(f"[{label}] {qid}{score}\n  query: {query}\n  doc {doc_id}: {passage}")
     return 0
 
 

@@ -21,6 +21,10 @@ SCHEMAS: dict[str, str] = {
     "qrels": "query_id VARCHAR, doc_id VARCHAR, relevance INTEGER, split VARCHAR",
     "negatives": "query_id VARCHAR, doc_id VARCHAR, rank INTEGER, score DOUBLE, source VARCHAR",
     "candidates": "query_id VARCHAR, doc_id VARCHAR, label INTEGER, source VARCHAR, ce_score DOUBLE",
+    "generated_queries": (
+        "query_id VARCHAR, text VARCHAR, doc_id VARCHAR, round INTEGER, retriever_loss DOUBLE, "
+        "relevance DOUBLE, penalty DOUBLE, reward DOUBLE, generator_version VARCHAR"
+    ),
     "metrics": (
         "run_id VARCHAR, dataset VARCHAR, system VARCHAR, split VARCHAR, measure VARCHAR, "
         "value DOUBLE, created_at TIMESTAMP"

@@ -7,7 +7,7 @@ from importlib import import_module
 
 _BASE = {"Settings", "knob"}
 _STAGES = {"STAGES", "DatasetSettings", "BM25IndexSettings", "BM25NegativesSettings", "DenoisedCandidatesSettings",
-           "DenseNegativesSettings", "EvaluationSettings", "FaissIndexSettings", "JointSettings",
+           "DenseNegativesSettings", "EvaluationSettings", "GenerationSettings", "FaissIndexSettings", "JointSettings",
            "QrelsSettings", "WarmupRerankerSettings", "WarmupRetrieverSettings", "WarmupSettings"}
 
 

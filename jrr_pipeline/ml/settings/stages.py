@@ -11,6 +11,7 @@ from typing import Any, ClassVar, Literal
 
 from jrr_pipeline.ml.data.tabular import COLUMN_ROLES, OPTIONAL_ROLES
 from jrr_pipeline.ml.settings.base import Settings, did_you_mean, knob, shown
+from jrr_pipeline.ml.settings.generation import GenerationSettings
 from jrr_pipeline.ml.training.config import TrainConfig
 
 BM25_METHODS = Literal["lucene", "robertson", "atire", "bm25l", "bm25+"]
@@ -388,6 +389,6 @@ class EvaluationSettings(Settings):
 
 STAGES: dict[str, type[Settings]] = {cls.stage: cls for cls in (
     DatasetSettings, QrelsSettings, BM25IndexSettings, BM25NegativesSettings,
-    WarmupRetrieverSettings, WarmupRerankerSettings,
+    GenerationSettings, WarmupRetrieverSettings, WarmupRerankerSettings,
     DenseNegativesSettings, DenoisedCandidatesSettings, JointSettings, FaissIndexSettings,
     EvaluationSettings)}
