@@ -34,6 +34,7 @@ from jrr_pipeline.ml.generation.reward import (
 from jrr_pipeline.ml.generation.spans import diversity, longest_copy
 from jrr_pipeline.ml.precision import autocast_context
 from jrr_pipeline.ml.training.examples import RetrievalExample
+from jrr_pipeline.ml.training.schedule import build_optimizer
 from jrr_pipeline.ml.training.warmup import RerankerWarmupTask, RetrieverWarmupTask
 
 STATE_FILE = "game.pt"
@@ -51,6 +52,7 @@ class GameConfig:
     policy_lr: float = 1e-3
     retriever_lr: float = 2e-5
     reranker_lr: float = 5e-5
+    reranker_head_lr_multiplier: float = 50.0  # the reranker's fresh head learns this much faster
     batch_size: int = 16
     train_retriever: bool = True
     train_reranker: bool = True
@@ -82,8 +84,11 @@ class GenerationGame:
         self.labelled = list(labelled or [])
         params = generator.trainable_parameters()
         self.policy_opt = torch.optim.Adam(params, lr=config.policy_lr) if params else None
-        self.retriever_opt = torch.optim.AdamW(retriever.parameters(), lr=config.retriever_lr)
-        self.reranker_opt = torch.optim.AdamW(reranker.parameters(), lr=config.reranker_lr)
+        self.retriever_opt = build_optimizer(retriever.named_parameters(), config.retriever_lr,
+                                             weight_decay=0.01)
+        self.reranker_opt = build_optimizer(reranker.named_parameters(), config.reranker_lr,
+                                            weight_decay=0.01,
+                                            head_lr_multiplier=config.reranker_head_lr_multiplier)
         self.moving_baseline = 0.0
         self.results: list[RoundResult] = []
         self.first_round = 0  # where the last play() started (after a resume: > 0)

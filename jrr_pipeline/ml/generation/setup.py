@@ -31,6 +31,7 @@ def game_config(settings: GenerationSettings, bf16: bool) -> GameConfig:
                               settings.max_copy_words),
         baseline=settings.baseline, policy_lr=settings.policy_lr,
         retriever_lr=settings.retriever_lr, reranker_lr=settings.reranker_lr,
+        reranker_head_lr_multiplier=settings.reranker_head_lr_multiplier,
         batch_size=settings.batch_size, bf16=bf16, seed=settings.seed)
 
 

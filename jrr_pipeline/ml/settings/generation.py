@@ -57,6 +57,9 @@ class GenerationSettings(Settings):
     policy_lr: float = knob(1e-3, "Adam learning rate of the generator", gt=0)
     retriever_lr: float = knob(2e-5, "AdamW learning rate of the game's retriever", gt=0)
     reranker_lr: float = knob(5e-5, "AdamW learning rate of the game's reranker", gt=0)
+    reranker_head_lr_multiplier: float = knob(
+        50.0, "learning-rate factor of the game reranker's fresh classifier head (as the "
+              "warm-up reranker's head_lr_multiplier)", gt=0)
     batch_size: int = knob(16, "generated pairs per retriever / reranker step", ge=2)
     query_max_length: int = knob(64, "retriever query tokens", ge=2)
     passage_max_length: int = knob(192, "retriever passage tokens", ge=8)

@@ -123,3 +123,12 @@ def test_the_seq2seq_generator_plays_a_round(t5_dir, tiny_model_dir, corpus, bm2
     assert len(result.rows) == 12 and all(r["doc_id"] for r in result.rows)
     assert any(not torch.equal(a, b) for a, b in zip(before, game.generator.parameters(),
                                                      strict=True))
+
+
+def test_the_game_reranker_head_learns_faster(tiny_model_dir, corpus, bm25):
+    game = new_game(tiny_model_dir, corpus, bm25)
+    head = {id(p) for n, p in game.reranker.named_parameters() if "classifier." in n}
+    rates = {id(p): group["lr"] for group in game.reranker_opt.param_groups
+             for p in group["params"]}
+    assert head and {rates[i] for i in head} == {CONFIG.reranker_lr * 50}
+    assert {r for i, r in rates.items() if i not in head} == {CONFIG.reranker_lr}
