@@ -11,8 +11,8 @@ dropout are seeded per round).
 
 from __future__ import annotations
 
+import io
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -32,6 +32,7 @@ from jrr_pipeline.ml.generation.reward import (
     total_reward,
 )
 from jrr_pipeline.ml.generation.spans import diversity, longest_copy
+from jrr_pipeline.ml.io import atomic_write_bytes
 from jrr_pipeline.ml.precision import autocast_context
 from jrr_pipeline.ml.training.examples import RetrievalExample
 from jrr_pipeline.ml.training.schedule import build_optimizer
@@ -262,9 +263,9 @@ class GenerationGame:
             "moving_baseline": self.moving_baseline,
             "results": [asdict(result) for result in self.results],
         }
-        tmp = state_dir / (STATE_FILE + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, state_dir / STATE_FILE)
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        atomic_write_bytes(state_dir / STATE_FILE, buffer.getvalue())
 
     def _resume(self, state_dir: Path) -> int:
         path = state_dir / STATE_FILE

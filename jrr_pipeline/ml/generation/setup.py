@@ -14,6 +14,7 @@ import torch
 from jrr_pipeline.ml.generation.base import QueryGenerator
 from jrr_pipeline.ml.generation.game import GameConfig, GenerationGame
 from jrr_pipeline.ml.generation.reward import RewardWeights
+from jrr_pipeline.ml.io import atomic_write_json
 from jrr_pipeline.ml.settings.generation import GenerationSettings
 from jrr_pipeline.ml.text import passage_texts
 from jrr_pipeline.ml.training.examples import RetrievalExample
@@ -61,8 +62,7 @@ def save_generator(generator: QueryGenerator, settings: GenerationSettings,
                    directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     generator.save(directory)
-    (directory / GENERATOR_KIND_FILE).write_text(json.dumps({"generator": settings.generator}),
-                                                 encoding="utf-8")
+    atomic_write_json(directory / GENERATOR_KIND_FILE, {"generator": settings.generator})
 
 
 def load_generator(directory: Path) -> QueryGenerator:

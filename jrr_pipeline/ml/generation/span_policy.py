@@ -17,9 +17,9 @@ exactly the uniform span sampler (``uniform=True`` keeps it so: the "random span
 
 from __future__ import annotations
 
+import io
 import json
 import math
-import os
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from jrr_pipeline.ml.generation.base import GeneratedQuery
 from jrr_pipeline.ml.generation.spans import Span, candidate_spans, lowered_words
+from jrr_pipeline.ml.io import atomic_write_bytes, atomic_write_json
 from jrr_pipeline.ml.modeling.base import resolve_model_path
 
 POLICY_FILE = "span_policy.json"
@@ -191,14 +192,11 @@ class ExtractiveSpanPolicy(nn.Module):
     def save(self, directory: Path) -> None:
         """The head's weights and the policy's settings and idf table (atomic per file)."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / (HEAD_FILE + ".tmp")
-        torch.save(self.head.state_dict(), tmp)
-        os.replace(tmp, directory / HEAD_FILE)
-        tmp = directory / (POLICY_FILE + ".tmp")
-        tmp.write_text(json.dumps({"config": asdict(self.config), "idf": self.idf}),
-                       encoding="utf-8")
-        os.replace(tmp, directory / POLICY_FILE)
+        buffer = io.BytesIO()
+        torch.save(self.head.state_dict(), buffer)
+        atomic_write_bytes(directory / HEAD_FILE, buffer.getvalue())
+        atomic_write_json(directory / POLICY_FILE, {"config": asdict(self.config),
+                                                    "idf": self.idf}, indent=None)
 
     @classmethod
     def load(cls, directory: Path) -> ExtractiveSpanPolicy:
