@@ -24,7 +24,7 @@ ENV = {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
 
 def train(model: Path, out: Path, nproc: int, rendezvous: Rendezvous | None = None) -> None:
     launch_torchrun(nproc, "tests.ml.training.ddp_worker", [str(model), str(out)], env=ENV,
-                    cwd=REPO, timeout=300, rendezvous=rendezvous)
+                    cwd=REPO, timeout=600, rendezvous=rendezvous)
 
 
 def test_two_nodes_train_the_weights_of_one_node_with_two_processes(no_dropout_model,  # noqa: F811
