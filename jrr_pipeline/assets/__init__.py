@@ -37,7 +37,6 @@ def build_assets(settings: dict[str, Settings]) -> list:
 ASSET_CHECKS = [*DATA_CHECKS, *NEGATIVES_CHECKS, *CANDIDATES_CHECKS, *SERVING_CHECKS]
 
 
-
 def build_asset_checks(settings: dict[str, Settings]) -> list:
     """The fixed checks plus those of the stages a setting adds (the generated queries)."""
     return [*ASSET_CHECKS, *generation_checks(settings)]

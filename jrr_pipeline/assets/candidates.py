@@ -64,8 +64,7 @@ def build_candidates_assets(settings: dict[str, Settings]) -> list:
         deps=["warmup_reranker", "bm25_negatives", "dense_negatives", "corpus", "queries", "qrels",
               *label_deps(settings)],
         code_version=code_version([settings["denoised_candidates"], *label_settings(settings)],
-                                  __name__,
-                                  "jrr_pipeline.ml.denoise"),
+                                  __name__, "jrr_pipeline.ml.denoise"),
         description="RocketQA denoising of BM25 + dense top-k with the warm-up reranker, then "
                     "RocketQAv2 hybrid lists -> the `candidates` table (label, source, ce_score)",
     )
@@ -75,8 +74,7 @@ def build_candidates_assets(settings: dict[str, Settings]) -> list:
         with compute.claim(f"denoised_candidates ({context.run.run_id[:8]})",
                            on_wait=context.log.warning):
             return _denoised_candidates(context, config.settings(), warehouse, artifacts, dataset,
-                                        settings["generation"],
-                                        compute, mlflow_tracking)
+                                        settings["generation"], compute, mlflow_tracking)
 
     return [denoised_candidates]
 

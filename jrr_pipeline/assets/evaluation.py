@@ -179,8 +179,8 @@ def build_evaluation_assets(settings: dict[str, Settings]) -> list:
         deps=["bm25_index", "dense_negatives", "warmup_retriever", "warmup_reranker", "faiss_index",
               "joint_retriever", "joint_reranker", "queries", "qrels"],
         code_version=code_version(
-            [settings["evaluation_report"], *label_settings(settings)], __name__, "jrr_pipeline.ml.evaluation.metrics",
-            "jrr_pipeline.ml.evaluation.report", "jrr_pipeline.ml.index", "jrr_pipeline.ml.fusion",
+            [settings["evaluation_report"], *label_settings(settings)], __name__,
+            "jrr_pipeline.ml.evaluation.metrics", "jrr_pipeline.ml.evaluation.report", "jrr_pipeline.ml.index", "jrr_pipeline.ml.fusion",
             "jrr_pipeline.ml.ranking",
         ),
         description="nDCG@10, RR@10, R@k, MAP of every system (ir-measures) -> JSON, markdown, "

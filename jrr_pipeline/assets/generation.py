@@ -1,7 +1,6 @@
 """[generation] query_generator (the generator-retriever game) and generated_queries (the table
 the training stages read in labels mode augment or none). Absent from the graph in mode only."""
 
-
 import time
 
 import polars as pl
@@ -37,6 +36,9 @@ CORE = ("jrr_pipeline.ml.generation.game", "jrr_pipeline.ml.generation.reward",
         "jrr_pipeline.ml.losses.listwise")
 ROUNDS_FILE = "rounds.parquet"
 SAMPLES_SHOWN = 20
+ROUND_SCHEMA = {"query_id": pl.Utf8, "text": pl.Utf8, "doc_id": pl.Utf8, "round": pl.Int32,
+                "retriever_loss": pl.Float64, "relevance": pl.Float64, "penalty": pl.Float64,
+                "reward": pl.Float64}
 
 
 def build_generation_assets(settings: dict[str, Settings]) -> list:
@@ -147,11 +149,6 @@ def _query_generator(context, settings, warehouse, artifacts, dataset, compute, 
         "first_reward": round(rewards[0], 4), "last_reward": round(rewards[-1], 4),
         "reward_by_round": MetadataValue.json([round(x, 4) for x in rewards]),
         "seconds": round(time.perf_counter() - started, 1), **manifest(output)})
-
-
-ROUND_SCHEMA = {"query_id": pl.Utf8, "text": pl.Utf8, "doc_id": pl.Utf8, "round": pl.Int32,
-                "retriever_loss": pl.Float64, "relevance": pl.Float64, "penalty": pl.Float64,
-                "reward": pl.Float64}
 
 
 def _samples_markdown(rows: list[dict], n: int) -> str:

@@ -55,8 +55,6 @@ class GameConfig:
     reranker_lr: float = 5e-5
     reranker_head_lr_multiplier: float = 50.0  # the reranker's fresh head learns this much faster
     batch_size: int = 16
-    train_retriever: bool = True
-    train_reranker: bool = True
     bf16: bool = False
     seed: int = 42
 
@@ -214,7 +212,8 @@ class GenerationGame:
         return RetrievalExample(
             query=text, positive=self.doc_texts[source],
             negatives=[self.doc_texts[self.doc_index[d]] for d in negatives],
-            query_id=query_id(r, doc, j % self.config.queries_per_document), positive_id=doc, negative_ids=list(negatives),
+            query_id=query_id(r, doc, j % self.config.queries_per_document), positive_id=doc,
+            negative_ids=list(negatives),
             positive_ids=frozenset({doc}))
 
     def _train_models(self, examples: list[RetrievalExample],
@@ -229,13 +228,9 @@ class GenerationGame:
                    for s in range(0, len(order), cfg.batch_size)]
         batches = [b for b in batches if len(b) > 1]
         losses = {"retriever": [], "reranker": []}
-        tasks = []
-        if cfg.train_retriever:
-            tasks.append(("retriever", RetrieverWarmupTask(self.retriever, cross_batch=False),
-                          self.retriever_opt, self.retriever))
-        if cfg.train_reranker:
-            tasks.append(("reranker", RerankerWarmupTask(self.reranker), self.reranker_opt,
-                          self.reranker))
+        tasks = [("retriever", RetrieverWarmupTask(self.retriever, cross_batch=False),
+                  self.retriever_opt, self.retriever),
+                 ("reranker", RerankerWarmupTask(self.reranker), self.reranker_opt, self.reranker)]
         for name, task, optimizer, model in tasks:
             model.train()
             for batch in batches:

@@ -1,6 +1,5 @@
-"""Builds the game from ``GenerationSettings`` and the pipeline's tables, loads a saved
-generator, and composes the training queries of a labels mode (``labels.py`` style helpers
-kept here so the assets stay thin)."""
+"""Builds the game from ``GenerationSettings`` and the pipeline's tables, saves and loads a
+generator, and composes the training queries of a labels mode."""
 
 from __future__ import annotations
 
@@ -17,7 +16,7 @@ from jrr_pipeline.ml.generation.reward import RewardWeights
 from jrr_pipeline.ml.io import atomic_write_json
 from jrr_pipeline.ml.settings.generation import GenerationSettings
 from jrr_pipeline.ml.text import passage_texts
-from jrr_pipeline.ml.training.examples import RetrievalExample
+from jrr_pipeline.ml.training.examples import RetrievalExample, build_retrieval_examples
 
 GENERATOR_KIND_FILE = "generator.json"
 
@@ -108,32 +107,15 @@ def build_game(settings: GenerationSettings, corpus: pl.DataFrame, bm25, device:
 
 def labelled_examples(settings: GenerationSettings, corpus: pl.DataFrame, queries: pl.DataFrame,
                       qrels: pl.DataFrame, bm25) -> list[RetrievalExample]:
-    """Augment mode: one example per labelled train (query, positive) with BM25 hard negatives
-    (searched here: the bm25_negatives table is downstream of the generated queries)."""
-    train = qrels.filter((pl.col("split") == "train") & (pl.col("relevance") > 0))
-    if train.is_empty():
-        return []
-    doc_ids = corpus["doc_id"].cast(pl.Utf8).to_list()
-    text_of = dict(zip(doc_ids, passage_texts(corpus), strict=True))
-    query_text = dict(zip(queries["query_id"].cast(pl.Utf8), queries["text"], strict=True))
-    positives: dict[str, set[str]] = {}
-    for qid, doc in train.select("query_id", "doc_id").iter_rows():
-        positives.setdefault(str(qid), set()).add(str(doc))
-    qids = sorted(positives)
-    ranked, _ = bm25.search([query_text[q] for q in qids], settings.negative_depth)
-    rng = np.random.default_rng(settings.seed)
-    examples = []
-    for qid, docs in zip(qids, ranked, strict=True):
-        pool = [d for d in docs if d not in positives[qid]]
-        if len(pool) < settings.n_negatives:
-            continue
-        for positive in sorted(positives[qid]):
-            chosen = [pool[i] for i in sorted(rng.permutation(len(pool))[:settings.n_negatives])]
-            examples.append(RetrievalExample(
-                query=query_text[qid], positive=text_of[positive],
-                negatives=[text_of[d] for d in chosen], query_id=qid, positive_id=positive,
-                negative_ids=chosen, positive_ids=frozenset(positives[qid])))
-    return examples
+    """Augment mode: the warm-up's examples (one per labelled train (query, positive)) with
+    BM25 negatives from the top ``negative_depth``, mined here: the bm25_negatives table lies
+    downstream of the generated queries."""
+    from jrr_pipeline.ml.sparse import mine_negatives
+
+    negatives = mine_negatives(bm25, queries, qrels, k=settings.negative_depth, split="train")
+    return build_retrieval_examples(queries, corpus, qrels, negatives, settings.n_negatives,
+                                    settings.seed, split="train",
+                                    rank_window=(1, settings.negative_depth))
 
 
 def final_documents(settings: GenerationSettings, doc_ids: list[str]) -> list[str]:

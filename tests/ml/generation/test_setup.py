@@ -50,3 +50,25 @@ def test_the_seq2seq_generator_needs_a_seq2seq_model():
     with pytest.raises(ValueError, match="generation.generator_model"):
         GenerationSettings(generator="seq2seq")
     assert GenerationSettings(generator="seq2seq", generator_model="t5-small").generator_model
+
+
+def test_labelled_examples_draw_bm25_negatives_that_are_never_positives():
+    from jrr_pipeline.ml.generation.setup import labelled_examples
+    from jrr_pipeline.ml.sparse import BM25Index
+
+    corpus = pl.DataFrame({"doc_id": [f"d{i}" for i in range(8)], "title": [""] * 8,
+                           "text": ["insulin glucose", "insulin pancreas", "glucose liver",
+                                    "malaria mosquito", "kidney renal", "bone calcium",
+                                    "insulin resistance glucose", "sleep clock"]})
+    queries = pl.DataFrame({"query_id": ["q1", "q2"], "text": ["insulin glucose", "malaria"]})
+    qrels = pl.DataFrame({"query_id": ["q1", "q1", "q2"], "doc_id": ["d0", "d6", "d3"],
+                          "relevance": [1, 1, 1], "split": ["train", "train", "test"]},
+                         schema_overrides={"relevance": pl.Int32})
+    bm25 = BM25Index.build(corpus["doc_id"].to_list(), corpus["text"].to_list())
+    settings = GenerationSettings(n_negatives=2, negative_depth=5)
+    examples = labelled_examples(settings, corpus, queries, qrels, bm25)
+    assert sorted(e.positive_id for e in examples) == ["d0", "d6"]  # train only, every positive
+    for example in examples:
+        assert len(example.negative_ids) == 2
+        assert not {"d0", "d6"} & set(example.negative_ids)
+    assert examples == labelled_examples(settings, corpus, queries, qrels, bm25)
