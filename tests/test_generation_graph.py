@@ -9,10 +9,12 @@ import shutil
 from pathlib import Path
 
 import duckdb
+import polars as pl
 import pytest
 from dagster import AssetKey, instance_for_test
 from mlflow import MlflowClient
 
+from jrr_pipeline.assets.generation import ROUNDS_FILE
 from jrr_pipeline.ops.runner import RunOutcome, run_pipeline
 from jrr_pipeline.pipeline import build_definitions
 from tests.conftest import isolate_home
@@ -161,3 +163,33 @@ def test_augment_mode_mines_labelled_and_generated_queries(augmented):
     # 36 labelled train queries (4 of the 40 carved into dev); at most 0.5 generated per labelled
     assert len(labelled) == 36 and len(generated) == 18
     assert augmented.sql("select count(*) from qrels where query_id like 'gen-%'") == [(0,)]
+
+
+def test_a_run_killed_in_the_middle_of_a_round_resumes_at_that_round(beir_dir, tmp_path):
+    from jrr_pipeline.ml.generation.game import GenerationGame
+
+    real_round = GenerationGame.play_round
+    played: list[int] = []
+    crash = {"armed": True}
+
+    def play_round(self, r):
+        played.append(r)
+        if r == 1 and crash["armed"]:
+            crash["armed"] = False
+            raise RuntimeError("killed in the middle of round 1")
+        return real_round(self, r)
+
+    for home in _home(beir_dir, tmp_path, keep_train=False):
+        with pytest.MonkeyPatch.context() as monkeypatch:
+            monkeypatch.setattr(GenerationGame, "play_round", play_round)
+            killed = home.run(NONE, select="*query_generator")
+            assert not killed.success and "round 1" in (killed.failure or "")
+            assert not (home.home / "artifacts" / "toyset" / "query_generator").exists()
+            resumed = home.run(NONE, select="*query_generator")
+        assert resumed.success, resumed.failure
+        # round 0 was saved before the kill and is not played again; round 1 starts over
+        assert played == [0, 1, 1]
+        generator = home.home / "artifacts" / "toyset" / "query_generator"
+        assert (generator / "generator").is_dir()
+        rounds = pl.read_parquet(generator / ROUNDS_FILE)["round"].unique().sort().to_list()
+        assert rounds == [0, 1]

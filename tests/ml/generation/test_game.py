@@ -91,6 +91,28 @@ def test_a_killed_game_resumes_to_the_same_end(tiny_model_dir, corpus, bm25, tmp
                  GameConfig(**{**CONFIG.__dict__, "rounds": 4})).play(tmp_path / "state")
 
 
+def test_a_game_killed_in_the_middle_of_a_round_replays_that_round(tiny_model_dir, corpus, bm25,
+                                                                    tmp_path):
+    whole = new_game(tiny_model_dir, corpus, bm25).play()
+    crashing = new_game(tiny_model_dir, corpus, bm25)
+    real_train = crashing._train_models
+
+    def crash_in_round_1(examples, rng):
+        if len(crashing.results) == 1:  # round 0 is done and saved: this is round 1
+            raise RuntimeError("killed mid-round")
+        return real_train(examples, rng)
+
+    crashing._train_models = crash_in_round_1
+    with pytest.raises(RuntimeError, match="killed mid-round"):
+        crashing.play(tmp_path / "state")
+    # the policy of round 1 was already updated in memory when the "kill" came; nothing of it
+    # reached the state file, so the resumed game replays round 1 from the end of round 0
+    assert len(crashing.results) == 1
+    resumed = new_game(tiny_model_dir, corpus, bm25).play(tmp_path / "state")
+    assert [r.round for r in resumed] == [0, 1, 2]
+    assert [r.rows for r in resumed] == [r.rows for r in whole]
+
+
 def test_labelled_pairs_join_the_training_in_augment_mode(tiny_model_dir, corpus, bm25):
     ids, texts = corpus
     labelled = [RetrievalExample(query="insulin glucose", positive=texts[0],
