@@ -11,10 +11,9 @@ exact search, for
 - sharded IVF (IVF{nlist}_HNSW32,Flat in 4 shards built one at a time, jrr_pipeline.ml.shards,
   searched together with faiss.IndexShards, nprobe 16),
 
-with nlist = round(4 * sqrt(n)) (not rounded to a power of two: that rounding made nlist grow 4x
-from 100k to 1M instead of sqrt(10)x, and k-means training, ~ nlist^2, grow 16x), trained on
-min(n, 40 * nlist) vectors. The
-coarse quantizer is an HNSW graph over the centroids: with a flat one, assigning n vectors to
+with nlist = round(4 * sqrt(n)), trained on min(n, 40 * nlist) vectors (not rounded to a power of
+two: that made nlist grow 4x from 100k to 1M instead of sqrt(10)x, and k-means, ~ nlist^2, 16x).
+The coarse quantizer is an HNSW graph over the centroids: with a flat one, assigning n vectors to
 sqrt(n) lists costs n^1.5.
 Vectors: a Gaussian mixture in a 48-d latent space mapped to 384-d plus noise, L2-normalised
 (real embeddings have a low intrinsic dimension; uniform random vectors would make every ANN
