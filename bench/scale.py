@@ -10,6 +10,10 @@ exact search, for
 - IVF-PQ (IVF{nlist}_HNSW32,PQ48: 48-byte codes, nprobe 16),
 - sharded IVF (IVF{nlist}_HNSW32,Flat in 4 shards built one at a time, jrr_pipeline.ml.shards,
   searched together with faiss.IndexShards, nprobe 16),
+- capped HNSW (HNSW32 graphs of at most `faiss_index.max_shard_vectors` vectors each, 250k by
+  default: ceil(n / 250k) shards, searched together, efSearch 128): what the faiss_index asset
+  builds for `factory=HNSW32`. One graph's construction grows as n^1.2 from 100k to 1M on 2 cores
+  (its inserts slow as vectors and links outgrow the caches); capped graphs keep it near n,
 
 with nlist = round(4 * sqrt(n)), trained on min(n, 40 * nlist) vectors (not rounded to a power of
 two: that made nlist grow 4x from 100k to 1M instead of sqrt(10)x, and k-means, ~ nlist^2, 16x).
@@ -57,6 +61,7 @@ import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
 from jrr_pipeline.ml.index import build_index  # noqa: E402
+from jrr_pipeline.ml.settings import FaissIndexSettings  # noqa: E402
 from jrr_pipeline.ml.shards import (  # noqa: E402
     build_sharded_index,
     corpus_slices,
@@ -67,6 +72,7 @@ DIM = 384
 LATENT = 48
 K = 10
 SHARDS = 4
+MAX_SHARD = FaissIndexSettings().max_shard_vectors
 OUT = Path(__file__).resolve().parent / "results"
 
 
@@ -217,29 +223,33 @@ def faiss_size(n: int, n_queries: int, threads: int, log: Callable[[str], None])
     measure("HNSW32", "HNSW32", hnsw_ef_search=128)
     measure("IVF-PQ", f"IVF{nlist}_HNSW32,PQ48", nprobe=16)
 
-    folder = Path(tempfile.mkdtemp(prefix="jrr-scale-shards-"))
-    try:
-        ids = [str(i) for i in range(n)]
+    ids = [str(i) for i in range(n)]
 
-        def build_shards() -> dict:
-            slices = ((x[a:b], ids[a:b]) for a, b in corpus_slices(n, SHARDS))
-            sample = x[np.sort(np.random.default_rng(0).choice(n, train, replace=False))]
-            return build_sharded_index(folder / "idx", slices, f"IVF{nlist}_HNSW32,Flat",
-                                       train_sample=sample, nprobe=16)
+    def measure_shards(name: str, factory: str, shards: int, **params: Any) -> None:
+        folder = Path(tempfile.mkdtemp(prefix="jrr-scale-shards-"))
+        try:
+            def build_shards() -> dict:
+                slices = ((x[a:b], ids[a:b]) for a, b in corpus_slices(n, shards))
+                sample = x[np.sort(np.random.default_rng(0).choice(n, train, replace=False))]
+                return build_sharded_index(folder / "idx", slices, factory,
+                                           train_sample=sample, **params)
 
-        _, build_s, added = timed(build_shards)
-        size = sum(p.stat().st_size for p in (folder / "idx").glob("shard-*.faiss"))
-        (index, _), load_s, _ = timed(lambda: load_sharded_index(folder / "idx"))
-        found, qps = best_qps(index, queries, repeats)  # nprobe 16 was saved with each shard
-        results["sharded IVF"] = {"factory": f"{SHARDS} x IVF{nlist}_HNSW32,Flat",
-                                  "build_s": build_s,
-                                  "build_added_bytes": added, "load_s": load_s, "qps": qps,
-                                  "recall@10": recall_at_k(reference, found),
-                                  "bytes_per_vector": size / n, "nprobe": 16}
-        del index
-        log(f"[{n:,}] sharded IVF: {fmt(results['sharded IVF'])}")
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+            _, build_s, added = timed(build_shards)
+            size = sum(p.stat().st_size for p in (folder / "idx").glob("shard-*.faiss"))
+            (index, _), load_s, _ = timed(lambda: load_sharded_index(folder / "idx"))
+            found, qps = best_qps(index, queries, repeats)  # search params saved with each shard
+            results[name] = {"factory": f"{shards} x {factory}", "shards": shards,
+                             "build_s": build_s, "build_added_bytes": added, "load_s": load_s,
+                             "qps": qps, "recall@10": recall_at_k(reference, found),
+                             "bytes_per_vector": size / n, **params}
+            del index
+            log(f"[{n:,}] {name}: {fmt(results[name])}")
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    measure_shards("sharded IVF", f"IVF{nlist}_HNSW32,Flat", SHARDS, nprobe=16)
+    # the faiss_index asset's default: one HNSW graph per MAX_SHARD vectors at most
+    measure_shards("capped HNSW", "HNSW32", max(1, -(-n // MAX_SHARD)), hnsw_ef_search=128)
     return {"n": n, "queries": n_queries, "nlist": nlist, "train_size": train,
             "threads": threads, "indexes": results}
 

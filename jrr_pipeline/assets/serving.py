@@ -46,9 +46,10 @@ def build_serving_assets(settings: dict[str, Settings]) -> list:
             retriever = load_retriever(artifacts.path(name, "joint_retriever"), compute.torch_device())
             corpus = warehouse.table("corpus")
             dtype = autocast_dtype(compute.use_bf16())
-            if config.shards > 1:
+            shards = config.settings().shard_count(corpus.height)
+            if shards > 1:
                 with artifacts.staging(name, "faiss_index") as tmp:
-                    dim, encode_s = build_shards(tmp, retriever, corpus, config, dtype)
+                    dim, encode_s = build_shards(tmp, retriever, corpus, config, shards, dtype)
             else:
                 started = time.perf_counter()
                 embeddings = encode_corpus(retriever, corpus, batch_size=config.batch_size,
@@ -61,13 +62,13 @@ def build_serving_assets(settings: dict[str, Settings]) -> list:
                     save_index(index, corpus["doc_id"].to_list(), tmp)
         context.log.info(f"faiss_index: {corpus.height} passages encoded in {encode_s:.0f}s "
                          f"({corpus.height / max(encode_s, 1e-9):.1f}/s), {config.factory}"
-                         f"{f' in {config.shards} shards' if config.shards > 1 else ''}")
+                         f"{f' in {shards} shards' if shards > 1 else ''}")
         return MaterializeResult(metadata={
             "path": MetadataValue.path(str(artifacts.path(name, "faiss_index"))),
             "passages": corpus.height,
             "dimension": dim,
             "factory": config.factory,
-            "shards": config.shards,
+            "shards": shards,
             "encode_seconds": round(encode_s, 1),
             "passages_per_second": round(corpus.height / max(encode_s, 1e-9), 1),
             "passage_max_length": retriever.config.passage_max_length,
@@ -77,14 +78,15 @@ def build_serving_assets(settings: dict[str, Settings]) -> list:
     return [faiss_index]
 
 
-def build_shards(folder, retriever, corpus, config, dtype) -> tuple[int, float]:
-    """Encode and index the corpus one slice per shard into ``folder`` (ml/shards.py): only one
-    slice's embeddings are in memory at a time. Returns (dimension, seconds spent encoding)."""
+def build_shards(folder, retriever, corpus, config, shards: int, dtype) -> tuple[int, float]:
+    """Encode and index the corpus one slice per shard (``shards`` slices) into ``folder``
+    (ml/shards.py): only one slice's embeddings are in memory at a time. Returns (dimension,
+    seconds spent encoding)."""
     from jrr_pipeline.ml.index import encode_corpus
     from jrr_pipeline.ml.shards import ShardWriter, corpus_slices
 
     writer, encode_s = None, 0.0
-    for start, end in corpus_slices(corpus.height, config.shards):
+    for start, end in corpus_slices(corpus.height, shards):
         part = corpus.slice(start, end - start)
         started = time.perf_counter()
         vectors = encode_corpus(retriever, part, batch_size=config.batch_size, progress=True,

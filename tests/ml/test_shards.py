@@ -121,8 +121,18 @@ def test_corpus_slices_cover_every_row_once() -> None:
         corpus_slices(5, 0)
 
 
+def test_the_shard_count_grows_with_the_corpus_past_the_cap() -> None:
+    from jrr_pipeline.ml.settings import FaissIndexSettings
+
+    capped = FaissIndexSettings(max_shard_vectors=250_000)
+    assert [capped.shard_count(n) for n in (5_183, 250_000, 250_001, 1_000_000)] == [1, 1, 2, 4]
+    assert FaissIndexSettings(shards=3, max_shard_vectors=250_000).shard_count(1_000) == 3
+    assert FaissIndexSettings(shards=2, max_shard_vectors=0).shard_count(10**7) == 2
+
+
 def test_the_asset_builds_shards_from_corpus_slices(tiny_model_dir: Path, tmp_path: Path) -> None:
-    """faiss_index with shards=3: encoded slice by slice, the same top-k as one index."""
+    """faiss_index over 20 passages capped at 7 vectors a shard: 3 shards, encoded slice by
+    slice, the same top-k as one index."""
     from jrr_pipeline.assets.serving import build_shards
     from jrr_pipeline.ml.index import encode_corpus
     from jrr_pipeline.ml.modeling import DenseRetriever
@@ -132,9 +142,10 @@ def test_the_asset_builds_shards_from_corpus_slices(tiny_model_dir: Path, tmp_pa
                            "title": [f"title {i}" for i in range(20)],
                            "text": [f"passage number {i} about topic {i % 4}" for i in range(20)]})
     retriever = DenseRetriever.from_pretrained(str(tiny_model_dir))
-    config = FaissIndexSettings(shards=3, batch_size=4)
+    config = FaissIndexSettings(batch_size=4, max_shard_vectors=7)
     (tmp_path / "idx").mkdir()  # the asset writes into its artifact staging folder
-    dim, _ = build_shards(tmp_path / "idx", retriever, corpus, config, None)
+    dim, _ = build_shards(tmp_path / "idx", retriever, corpus, config,
+                          config.shard_count(corpus.height), None)
     index, doc_ids = load_index(tmp_path / "idx")
     assert dim == index.d and index.count() == 3 and doc_ids == corpus["doc_id"].to_list()
     vectors = encode_corpus(retriever, corpus, batch_size=4, progress=False)

@@ -369,9 +369,20 @@ class FaissIndexSettings(Settings):
     shards: int = knob(1, "build the index in this many shards, one corpus slice encoded and "
                           "indexed at a time (memory of one slice), searched together "
                           "(faiss.IndexShards); IVF / PQ train on the first slice", ge=1)
+    max_shard_vectors: int = knob(
+        250_000, "at most this many vectors per shard: larger corpora get more shards (0 = no "
+                 "cap). One HNSW graph builds in n^1.2 past ~250k vectors on 2 cores as it "
+                 "outgrows the caches; capped shards keep the build near n (bench/scale.py)",
+        ge=0)
 
     def check(self) -> None:
         check_faiss_factory(self)
+
+    def shard_count(self, n: int) -> int:
+        """Shards for ``n`` vectors: ``shards``, or more where ``max_shard_vectors`` needs."""
+        if self.max_shard_vectors <= 0:
+            return self.shards
+        return max(self.shards, -(-n // self.max_shard_vectors))
 
 
 @dataclass(frozen=True)
