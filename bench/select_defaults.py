@@ -74,6 +74,17 @@ def evaluate_variant(model_dir: Path, stage: str, home: Path, pair: bool, depth:
                      weight: float) -> dict:
     """nDCG@10 / R@100 of the retriever (and the fused pair) on dev and test, plus the dev
     per-query nDCG@10 (for the paired standard error)."""
+    from jrr_pipeline.resources import Warehouse
+
+    warehouse = Warehouse(path=str(home / "warehouse.duckdb"))
+    corpus, queries, qrels = (warehouse.table(t) for t in ("corpus", "queries", "qrels"))
+    return evaluate_models(model_dir, stage, corpus, queries, qrels, pair, depth, weight)
+
+
+def evaluate_models(model_dir: Path, stage: str, corpus: pl.DataFrame, queries: pl.DataFrame,
+                    qrels: pl.DataFrame, pair: bool, depth: int, weight: float,
+                    device: str = "cpu") -> dict:
+    """``evaluate_variant`` over given tables, the models on ``device`` (bf16 where it has it)."""
     import torch
 
     from jrr_pipeline.ml import fusion
@@ -84,20 +95,17 @@ def evaluate_variant(model_dir: Path, stage: str, home: Path, pair: bool, depth:
     from jrr_pipeline.ml.precision import use_bf16
     from jrr_pipeline.ml.sparse import run_from_search
     from jrr_pipeline.ml.text import passage_texts, text_by_id
-    from jrr_pipeline.resources import Warehouse
 
-    warehouse = Warehouse(path=str(home / "warehouse.duckdb"))
-    corpus, queries, qrels = (warehouse.table(t) for t in ("corpus", "queries", "qrels"))
-    dtype = autocast_dtype(use_bf16("auto", torch.device("cpu")))
+    dtype = autocast_dtype(use_bf16("auto", torch.device(device)))
     retriever_dir = model_dir / "retriever" if stage == "joint_models" else model_dir
-    retriever = DenseRetriever.from_pretrained(str(retriever_dir)).eval()
+    retriever = DenseRetriever.from_pretrained(str(retriever_dir)).to(device).eval()
     started = time.perf_counter()
     index = build_index(encode_corpus(retriever, corpus, batch_size=64, progress=True,
                                       autocast_dtype=dtype))
     row: dict = {"encode_s": round(time.perf_counter() - started, 1)}
     qtext, doc_ids = text_by_id(queries), corpus["doc_id"].to_list()
     passages = dict(zip(doc_ids, passage_texts(corpus), strict=True))
-    reranker = (CrossEncoderReranker.from_pretrained(str(model_dir / "reranker")).eval()
+    reranker = (CrossEncoderReranker.from_pretrained(str(model_dir / "reranker")).to(device).eval()
                 if pair else None)
     for split in ("dev", "test"):
         qids = sorted(qrels.filter(pl.col("split") == split)["query_id"].unique().to_list())

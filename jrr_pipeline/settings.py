@@ -75,7 +75,8 @@ PRESETS: dict[str, UserSettings] = {
                          "ar2_retriever_steps": 50},
         "evaluation_report": {"rerank_depth": 20},
     },
-    # paper-like list sizes and steps (not yet measured on a GPU)
+    # paper-like list sizes and steps; measured once on an H200 through bench/gpu_stages.py
+    # (docs/results.md "The GPU path": RocketQAv2 joint 0.7644 test / 0.7888 dev, lists of 8)
     "gpu": {
         "warmup_retriever": {"epochs": 3, "batch_size": 64, "lr": 3e-5},
         "warmup_reranker": {"epochs": 2, "batch_size": 16, "n_negatives": 15, "max_length": 320},
