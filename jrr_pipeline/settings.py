@@ -63,8 +63,8 @@ PRESETS: dict[str, UserSettings] = {
     # (bench/select_defaults.py); SimANS negatives beat uniform, denoised, TAS-Balanced and the
     # negative cache by 0.02 for 1.2x the train time (bench/ablation_negatives.py); rerank depth
     # 20 / fusion 0.5 is the cheapest setting within 0.005 nDCG@10 of the dev best
-    # (bench/rerank_settings.py); AR2's 50 retriever steps per phase beat 20 on dev
-    # (bench/select_defaults.py, docs/results.md "AR2 chosen on dev").
+    # (bench/rerank_settings.py); AR2's 200 retriever steps per phase beat 20, 50 and 100 on dev
+    # (bench/select_defaults.py, docs/results.md "AR2 on dev, continued").
     "cpu": {
         "warmup_retriever": {"lr": 3e-5, "n_negatives": 3, "passage_max_length": 192,
                              "sampler": "simans"},
@@ -72,7 +72,7 @@ PRESETS: dict[str, UserSettings] = {
         "denoised_candidates": {"top_k": 10},
         "joint_models": {"list_length": 8, "reranker_lr": 1e-4, "passage_max_length": 192,
                          "reranker_max_length": 128, "ar2_ranker_steps": 10,
-                         "ar2_retriever_steps": 50},
+                         "ar2_retriever_steps": 200},
         "evaluation_report": {"rerank_depth": 20},
     },
     # paper-like list sizes and steps; measured once on an H200 through bench/gpu_stages.py
