@@ -50,20 +50,6 @@ def export(home: Path, folder: Path) -> None:
         print(f"{name}: {frame.height} rows", flush=True)
 
 
-def parse_sets(items: list[str]) -> dict[str, dict]:
-    """['joint_models.list_length=8'] -> {'joint_models': {'list_length': 8}}."""
-    out: dict[str, dict] = {}
-    for item in items:
-        key, _, raw = item.partition("=")
-        stage, _, knob = key.partition(".")
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            value = raw
-        out.setdefault(stage, {})[knob] = value
-    return out
-
-
 def device_info() -> dict:
     import torch
 
@@ -136,9 +122,9 @@ def main() -> None:
         return
 
     from jrr_pipeline.ml.evaluation import monitor_split
-    from jrr_pipeline.settings import resolve_settings
+    from jrr_pipeline.settings import parse_assignments, resolve_settings
 
-    user = parse_sets(args.set)
+    user = parse_assignments(args.set)
     for stage in ("warmup_retriever", "warmup_reranker"):
         user.setdefault(stage, {}).setdefault("base_model", args.base_model)
     resolved = resolve_settings(args.preset, user)
