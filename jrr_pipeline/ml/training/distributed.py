@@ -3,11 +3,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import faulthandler
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -38,20 +43,44 @@ def training_device() -> torch.device:
     return torch.device("cpu")
 
 
+DIST_TIMEOUT_ENV = "JRR_DIST_TIMEOUT_S"
+
+
+def collective_timeout() -> timedelta | None:
+    """How long a rank waits at start-up or in a collective before it fails instead of hanging:
+    ``JRR_DIST_TIMEOUT_S`` seconds, or torch's default (30 min on gloo, 10 on nccl) when unset."""
+    raw = os.environ.get(DIST_TIMEOUT_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise ValueError(f"{DIST_TIMEOUT_ENV}={raw!r}: expected a number of seconds > 0")
+    return timedelta(seconds=seconds)
+
+
 def init_distributed(device: torch.device) -> bool:
     """Initialise the default process group when WORLD_SIZE > 1 and none exists yet.
 
-    Backend: nccl on CUDA, gloo on CPU. Returns True when this call created the group (the caller
-    should then destroy it with `cleanup_distributed`).
+    Backend: nccl on CUDA, gloo on CPU, with `collective_timeout()`. A rank then dumps every
+    thread's Python stack to stderr on SIGUSR1 (unless something else handles that signal), which
+    `launch_torchrun` sends before it stops a launch that ran past its timeout. Returns True when
+    this call created the group (the caller should then destroy it with `cleanup_distributed`).
     """
     _, world = world_info()
     if world <= 1 or dist.is_initialized():
         return False
+    if hasattr(signal, "SIGUSR1") and signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL:
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+    timeout = collective_timeout()
+    options = {} if timeout is None else {"timeout": timeout}
     if device.type == "cuda":
         torch.cuda.set_device(device)
-        dist.init_process_group("nccl", device_id=device)
+        dist.init_process_group("nccl", device_id=device, **options)
     else:
-        dist.init_process_group("gloo")
+        dist.init_process_group("gloo", **options)
     return True
 
 
@@ -112,6 +141,47 @@ def torchrun_command(nproc: int, module: str, args: list[str],
     return [sys.executable, "-m", "torch.distributed.run", *options, "-m", module, *args]
 
 
+class TorchrunTimeout(RuntimeError):
+    """A torchrun launch ran past its timeout; its agent and workers were stopped."""
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux /proc; [] elsewhere). torchrun starts each worker in a
+    session of its own, so killing the agent's process group would leave the workers running."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+            ppid = int(text[text.rindex(")") + 2:].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def _signal_all(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
+def _stop_hung_launch(proc: subprocess.Popen) -> tuple[str, str]:
+    """Ask every worker for its stacks (SIGUSR1, see `init_distributed`), then kill the workers
+    and the agent; returns what the launch printed."""
+    workers = _descendants(proc.pid)
+    if hasattr(signal, "SIGUSR1"):
+        _signal_all(workers, signal.SIGUSR1)
+        time.sleep(2.0)
+    _signal_all(workers, signal.SIGKILL)
+    proc.kill()
+    return proc.communicate()
+
+
 def launch_torchrun(
     nproc: int,
     module: str,
@@ -130,18 +200,33 @@ def launch_torchrun(
     launches can run side by side. With ``Rendezvous(nnodes, node_rank, endpoint)`` this node's
     agent joins the others at ``endpoint``; every node runs the same command with its own
     ``node_rank``. Output is captured (text). With ``check``, a non-zero exit raises
-    RuntimeError quoting the command and the tail of its output.
+    RuntimeError quoting the command and the tail of its output. A launch still running after
+    ``timeout`` seconds has its workers' stacks dumped, its workers and agent killed, and raises
+    `TorchrunTimeout` with the tail of its output (stacks included).
     """
     cmd = torchrun_command(nproc, module, args, rendezvous)
     full_env = dict(os.environ)
     if env:
         full_env.update(env)
-    proc = subprocess.run(
-        cmd, env=full_env, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
-    )
-    if check and proc.returncode != 0:
-        tail = (proc.stdout[-2000:] + "\n" + proc.stderr[-4000:]).strip()
+    proc = subprocess.Popen(cmd, env=full_env, cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stdout, stderr = _stop_hung_launch(proc)
+        raise TorchrunTimeout(f"torchrun ran past {timeout:g} s and was stopped: {' '.join(cmd)}\n"
+                              f"{_tail(stdout, stderr)}") from None
+    except BaseException:
+        _stop_hung_launch(proc)
+        raise
+    done = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+    if check and done.returncode != 0:
         raise RuntimeError(
-            f"torchrun exited with status {proc.returncode}: {' '.join(cmd)}\n{tail}"
+            f"torchrun exited with status {done.returncode}: {' '.join(cmd)}\n"
+            f"{_tail(stdout, stderr)}"
         )
-    return proc
+    return done
+
+
+def _tail(stdout: str, stderr: str) -> str:
+    return (stdout[-2000:] + "\n" + stderr[-6000:]).strip()

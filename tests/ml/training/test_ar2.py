@@ -227,16 +227,20 @@ def test_run_file_errors_name_the_file_and_field(tiny_model_dir, tmp_path, capsy
 def test_ar2_under_two_gloo_ranks(tiny_model_dir, tmp_path):
     """torchrun with 2 ranks: rank 0 refreshes the index, both ranks train every phase on the
     same lists and the run writes one pair of checkpoints."""
-    from pathlib import Path
+    import shutil
 
-    from jrr_pipeline.ml.training import launch_torchrun
+    from .launching import launch, retry_a_hang
 
-    repo = Path(__file__).resolve().parents[3]
     path = joint_run_file(tiny_model_dir, tmp_path, "ar2")
-    env = {"PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}
-    launch_torchrun(2, "jrr_pipeline.ml.training.launch", ["--config", str(path)],
-                    env=env, cwd=repo, timeout=300)
+
+    def attempt() -> None:
+        for written in ("work", "out"):  # a hung first try leaves nothing behind
+            shutil.rmtree(tmp_path / written, ignore_errors=True)
+        for written in ("metrics.jsonl", "result.json"):
+            (tmp_path / "run" / written).unlink(missing_ok=True)
+        launch(2, "jrr_pipeline.ml.training.launch", ["--config", str(path)])
+
+    retry_a_hang(attempt)
     result = json.loads((tmp_path / "run/result.json").read_text())
     assert result["method"] == "ar2" and len(result["iterations"]) == 2
     assert result["iterations"][1]["refreshed"] == 1.0

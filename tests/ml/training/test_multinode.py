@@ -11,34 +11,37 @@ import pytest
 import torch
 
 from jrr_pipeline.ml.modeling import DenseRetriever
-from jrr_pipeline.ml.training.distributed import Rendezvous, launch_torchrun, torchrun_command
+from jrr_pipeline.ml.training.distributed import Rendezvous, torchrun_command
 from tests.integration.browser import free_port
 from tests.ml.training.test_distributed import no_dropout_model  # noqa: F401 (a fixture)
 
 from .ddp_worker import CONFIG, RETRIEVER
-
-REPO = Path(__file__).resolve().parents[3]
-ENV = {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-       "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}
+from .launching import launch, retry_a_hang
 
 
 def train(model: Path, out: Path, nproc: int, rendezvous: Rendezvous | None = None) -> None:
-    launch_torchrun(nproc, "tests.ml.training.ddp_worker", [str(model), str(out)], env=ENV,
-                    cwd=REPO, timeout=600, rendezvous=rendezvous)
+    launch(nproc, "tests.ml.training.ddp_worker", [str(model), str(out)], rendezvous=rendezvous)
+
+
+def train_on_two_nodes(model: Path, out: Path) -> None:
+    """Two agents, one process each, meeting at a fresh static rendezvous on 127.0.0.1."""
+    endpoint = f"127.0.0.1:{free_port()}"
+    with ThreadPoolExecutor(2) as pool:  # node 1 may start first: it waits for node 0's store
+        agents = [pool.submit(train, model, out, 1,
+                              Rendezvous(nnodes=2, node_rank=rank, endpoint=endpoint))
+                  for rank in (1, 0)]
+        for agent in agents:
+            agent.result()
 
 
 def test_two_nodes_train_the_weights_of_one_node_with_two_processes(no_dropout_model,  # noqa: F811
                                                                      tmp_path: Path):
     one_node = tmp_path / "one-node"
-    train(no_dropout_model, one_node, nproc=2)
+    one_node.mkdir()
+    retry_a_hang(lambda: train(no_dropout_model, one_node, nproc=2), fresh=one_node)
     two_nodes = tmp_path / "two-nodes"  # a folder both "machines" share, as JRR_HOME would be
-    endpoint = f"127.0.0.1:{free_port()}"
-    with ThreadPoolExecutor(2) as pool:  # node 1 may start first: it waits for node 0's store
-        agents = [pool.submit(train, no_dropout_model, two_nodes, 1,
-                              Rendezvous(nnodes=2, node_rank=rank, endpoint=endpoint))
-                  for rank in (1, 0)]
-        for agent in agents:
-            agent.result()
+    two_nodes.mkdir()
+    retry_a_hang(lambda: train_on_two_nodes(no_dropout_model, two_nodes), fresh=two_nodes)
     for out in (one_node, two_nodes):
         for rank in (0, 1):
             report = json.loads((out / f"rank{rank}.json").read_text())
