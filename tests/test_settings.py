@@ -174,6 +174,17 @@ def test_one_reranker_setting_changes_only_the_reranker_code_version():
     assert graph.get(AssetKey("warmup_reranker")).code_version == changed["warmup_reranker"]
 
 
+def test_augment_weight_re_runs_the_training_stages_not_the_game():
+    base = code_versions({"generation": {"labels": "augment"}})
+    changed = code_versions({"generation": {"labels": "augment", "augment_weight": 0.25}})
+    differ = {k for k in base if base[k] != changed[k]}
+    assert "query_generator" in base and "generated_queries" in base
+    assert not differ & {"query_generator", "generated_queries", "corpus", "bm25_index"}
+    assert {"warmup_retriever", "warmup_reranker", "joint_retriever"} <= differ
+    seed = code_versions({"generation": {"labels": "augment", "seed": 7}})
+    assert seed["query_generator"] != base["query_generator"]  # what the game reads still counts
+
+
 @pytest.mark.parametrize("settings, message", [
     ({"no_such_asset": {"lr": 1}}, "unknown stage 'no_such_asset'"),
     ({"warmup_reranker": {"no_such_field": 1}}, "warmup_reranker.no_such_field: unknown setting"),

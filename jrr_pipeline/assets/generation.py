@@ -1,6 +1,7 @@
 """[generation] query_generator (the generator-retriever game) and generated_queries (the table
 the training stages read in labels mode augment or none). Absent from the graph in mode only."""
 
+import dataclasses
 import time
 
 import polars as pl
@@ -34,6 +35,9 @@ CORE = ("jrr_pipeline.ml.generation.game", "jrr_pipeline.ml.generation.reward",
         "jrr_pipeline.ml.generation.span_policy", "jrr_pipeline.ml.generation.seq2seq",
         "jrr_pipeline.ml.training.warmup", "jrr_pipeline.ml.losses.contrastive",
         "jrr_pipeline.ml.losses.listwise")
+# Settings only the training stages read (their code versions include them): a new value re-runs
+# those stages, not the game.
+NOT_READ_BY_THE_GAME = ("augment_weight",)
 ROUNDS_FILE = "rounds.parquet"
 SAMPLES_SHOWN = 20
 ROUND_SCHEMA = {"query_id": pl.Utf8, "text": pl.Utf8, "doc_id": pl.Utf8, "round": pl.Int32,
@@ -46,7 +50,9 @@ def build_generation_assets(settings: dict[str, Settings]) -> list:
     if generation.labels == "only":
         return []
     GenerationConfig = stage_config(generation)
-    version = code_version(generation, __name__, *CORE)
+    game = generation.replace(**{f.name: f.default for f in dataclasses.fields(generation)
+                                 if f.name in NOT_READ_BY_THE_GAME})
+    version = code_version(game, __name__, *CORE)
 
     @asset(
         name="query_generator",
