@@ -16,7 +16,7 @@ from tests.integration.browser import free_port
 from tests.ml.training.test_distributed import no_dropout_model  # noqa: F401 (a fixture)
 
 from .ddp_worker import CONFIG, RETRIEVER
-from .launching import launch, retry_a_hang
+from .launching import hung, launch, retry_a_hang
 
 
 def train(model: Path, out: Path, nproc: int, rendezvous: Rendezvous | None = None) -> None:
@@ -30,8 +30,11 @@ def train_on_two_nodes(model: Path, out: Path) -> None:
         agents = [pool.submit(train, model, out, 1,
                               Rendezvous(nnodes=2, node_rank=rank, endpoint=endpoint))
                   for rank in (1, 0)]
-        for agent in agents:
-            agent.result()
+        errors = [agent.exception() for agent in agents]
+    # a real failure on one node leaves the other waiting: report the failure, not the wait
+    errors = sorted((e for e in errors if e is not None), key=hung)
+    if errors:
+        raise errors[0]
 
 
 def test_two_nodes_train_the_weights_of_one_node_with_two_processes(no_dropout_model,  # noqa: F811
