@@ -8,6 +8,7 @@ periodic full-state checkpoints (resume is bit-exact on CPU), metrics and the fi
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import random
 import resource
@@ -176,6 +177,7 @@ def train(
         raise TypeError(f"train: {type(task).__name__} does not implement TrainingTask")
     device = training_device()
     created_group = init_distributed(device)
+    run = None
     try:
         batching = batching or RandomOrder(len(examples), config.seed)
         run = _prepare(task, examples, config, device, module_lr_multipliers or {}, batching)
@@ -184,6 +186,11 @@ def train(
         _wrap_for_training(run)
         return _train(run, Path(output_dir), state_dir, on_log, progress, stop_after_steps)
     finally:
+        if run is not None:
+            # DDP's reducer holds the process group: freed only after the group was destroyed
+            # (when this frame goes), its gloo teardown could wait forever on the other rank.
+            run.model = None
+            gc.collect()
         if created_group:
             cleanup_distributed()
 
