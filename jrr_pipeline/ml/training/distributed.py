@@ -175,8 +175,10 @@ def _stop_hung_launch(proc: subprocess.Popen) -> tuple[str, str]:
     and the agent; returns what the launch printed."""
     workers = _descendants(proc.pid)
     if hasattr(signal, "SIGUSR1"):
-        _signal_all(workers, signal.SIGUSR1)
-        time.sleep(2.0)
+        for worker in workers:  # one at a time: dumps written together interleave on the pipe
+            _signal_all([worker], signal.SIGUSR1)
+            time.sleep(0.5)
+        time.sleep(1.0)
     _signal_all(workers, signal.SIGKILL)
     proc.kill()
     return proc.communicate()

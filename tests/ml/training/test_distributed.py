@@ -100,8 +100,9 @@ def test_a_hung_launch_is_stopped_with_every_ranks_stack(tmp_path) -> None:
         launch_torchrun(2, "tests.ml.training.hang_worker", [str(tmp_path)], env=env, cwd=REPO,
                         timeout=40)
     stacks = str(error.value)
-    assert "in barrier" in stacks  # rank 0, waiting
-    assert 'hang_worker.py", line 31 in main' in stacks  # rank 1, asleep before the barrier
+    assert "in barrier" in stacks, stacks  # rank 0, waiting
+    assert 'hang_worker.py", line 31 in main' in stacks, stacks  # rank 1, asleep before it
+    assert stacks.count("Current thread") == 2, stacks  # one clean dump per rank
     pids = [int((tmp_path / f"pid{rank}").read_text()) for rank in (0, 1)]
     deadline = time.monotonic() + 10
     while any(map(_running, pids)) and time.monotonic() < deadline:
