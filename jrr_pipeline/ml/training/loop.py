@@ -186,7 +186,7 @@ def train(
         _wrap_for_training(run)
         return _train(run, Path(output_dir), state_dir, on_log, progress, stop_after_steps)
     finally:
-        if run is not None:
+        if run is not None and run.world > 1:
             # DDP's reducer holds the process group: freed only after the group was destroyed
             # (when this frame goes), its gloo teardown could wait forever on the other rank.
             run.model = None
