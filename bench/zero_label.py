@@ -76,16 +76,17 @@ def fresh_retriever(args):
         query_max_length=64, passage_max_length=args.passage_max_length))
 
 
-def train_steps(model, batches, loss_of, lr: float, label: str) -> None:
+def train_steps(model, batches, loss_of, lr: float, label: str, dtype) -> None:
     import torch
 
+    from jrr_pipeline.ml.precision import autocast_context
     from jrr_pipeline.ml.training.schedule import build_optimizer
 
     optimizer = build_optimizer(model.named_parameters(), lr, weight_decay=0.01)
     model.train()
     started, losses = time.perf_counter(), []
     for step, batch in enumerate(batches, 1):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with autocast_context(model.device, dtype):
             loss = loss_of(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -117,32 +118,32 @@ def train_ict(args, queries, doc_ids, passages, bm25):
     task = RetrieverWarmupTask(model, cross_batch=False)
     order = np.random.default_rng(args.seed).permutation(len(examples))
     batches = [[examples[k] for k in order[s:s + 16]] for s in range(0, len(order) - 15, 16)]
-    train_steps(model, batches, lambda batch: task.loss(batch)[0], args.lr, "ict")
+    train_steps(model, batches, lambda batch: task.loss(batch)[0], args.lr, "ict",
+                args.dtype)
     return model
 
 
-def teacher_scores(dense0, bm25, doc_ids, texts: list[str], weight: float):
-    """[Q, N] dense0 cosine + weight * BM25 / max(BM25) of each text over the corpus."""
-    import torch
-
+def teacher_parts(dense0, bm25, doc_ids, texts: list[str], dtype) -> tuple[np.ndarray, np.ndarray]:
+    """[Q, N] dense0 cosines and BM25 / max(BM25) (top 1000, else 0) of each text over the
+    corpus; the teacher of weight w scores ``dense + w * lexical``."""
     encoder, corpus_vectors = dense0
-    q = encoder.embed(texts, kind="query", batch_size=128, autocast_dtype=torch.bfloat16)
-    scores = q @ corpus_vectors.T
+    dense = encoder.embed(texts, kind="query", batch_size=128, autocast_dtype=dtype) @ corpus_vectors.T
+    lexical = np.zeros_like(dense)
     position = {d: k for k, d in enumerate(doc_ids)}
     ranked, bm = bm25.search(texts, 1000)
     for r, (row, values) in enumerate(zip(ranked, bm, strict=True)):
-        top = max(float(values.max()), 1e-9)
-        for d, v in zip(row, values, strict=True):
-            scores[r, position[d]] += weight * float(v) / top
-    return scores
+        lexical[r, [position[d] for d in row]] = values / max(float(values.max()), 1e-9)
+    return dense, lexical
 
 
-def train_teacher_distill(args, queries, doc_ids, passages, teacher):
+def train_teacher_distill(args, queries, doc_ids, passages, dense0, bm25):
+    """``queries``: (text, source document index or None, unused); a source is kept in its list."""
     import torch
 
     from jrr_pipeline.ml.losses.distillation import ListwiseKLLoss
 
-    scores = teacher([q for q, _, _ in queries])
+    dense, lexical = teacher_parts(dense0, bm25, doc_ids, [q for q, _, _ in queries], args.dtype)
+    scores = dense + float(args.teacher_weight) * lexical
     lists = []
     for r, (_, i, _) in enumerate(queries):
         top = list(np.argsort(-scores[r])[:args.list_length])
@@ -165,8 +166,25 @@ def train_teacher_distill(args, queries, doc_ids, passages, teacher):
 
     order = np.random.default_rng(args.seed).permutation(len(queries))
     batches = [list(order[s:s + 8]) for s in range(0, len(order) - 7, 8)]
-    train_steps(model, batches, loss_of, args.lr, "teacher_distill")
+    train_steps(model, batches, loss_of, args.lr, "teacher_distill", args.dtype)
     return model
+
+
+def distillation_queries(variant: str, args, warehouse, qrels, qtext, doc_ids, titles,
+                         bodies) -> list[tuple[str, int | None, str]]:
+    """The queries a ``teacher_distill*`` variant trains on."""
+    if variant == "teacher_distill":
+        return sentence_queries(titles, bodies, args.distill_docs, args.seed, remove_p=0.0)
+    if variant == "teacher_distill_queries":
+        train_ids = sorted(qrels.filter(pl.col("split") == "train")["query_id"].unique().to_list())
+        return [(qtext[q], None, "") for q in train_ids]
+    if variant == "teacher_distill_generated":
+        generated = warehouse.table("generated_queries").filter(
+            (pl.col("round") == -1) & (pl.col("text").str.strip_chars() != ""))
+        position = {d: k for k, d in enumerate(doc_ids)}
+        return [(text, position[doc], "") for text, doc in
+                generated.select("text", pl.col("doc_id").cast(pl.Utf8)).iter_rows()]
+    raise SystemExit(f"unknown variant {variant!r}")
 
 
 def wise(model, base, alpha: float):
@@ -213,6 +231,7 @@ def main() -> None:
     import torch
 
     from jrr_pipeline.ml.evaluation import evaluate
+    from jrr_pipeline.ml.precision import autocast_dtype, use_bf16
     from jrr_pipeline.ml.sparse import BM25Index, run_from_search
     from jrr_pipeline.ml.text import passage_texts, text_by_id
     from jrr_pipeline.resources import Warehouse
@@ -226,17 +245,21 @@ def main() -> None:
     titles = corpus["title"].cast(pl.Utf8).fill_null("").to_list()
     bodies = corpus["text"].cast(pl.Utf8).fill_null("").to_list()
     bm25 = BM25Index.build(doc_ids, texts)
+    args.dtype = autocast_dtype(use_bf16("auto", torch.device("cpu")))
     base = fresh_retriever(args).eval()
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     results: list[dict] = []
     dense0 = None
-    if {"teacher", "teacher_distill", "teacher_distill_queries",
-            "teacher_distill_generated"} & set(variants):
+    distilled = [v for v in variants if v.startswith("teacher_distill")]
+    if args.teacher_weight == "auto" and distilled and (
+            "teacher" not in variants or variants.index("teacher") > variants.index(distilled[0])):
+        raise SystemExit("--teacher-weight auto needs the teacher variant before any "
+                         "teacher_distill variant")
+    if distilled or "teacher" in variants:
         with torch.no_grad():
             dense0 = (base, base.embed(texts, kind="passage", batch_size=64, progress=True,
-                                       autocast_dtype=torch.bfloat16))
-    if args.teacher_weight == "auto" and "teacher" not in variants and dense0 is not None:
-        raise SystemExit("--teacher-weight auto needs the teacher variant first")
+                                       autocast_dtype=args.dtype))
+    qtext = text_by_id(queries)
     alphas = [float(a) for a in args.wise.split(",") if a.strip()]
     for variant in variants:
         started = time.perf_counter()
@@ -244,13 +267,16 @@ def main() -> None:
             score(base, "zero_shot", tables, results)
             continue
         if variant == "teacher":
-            qtext = text_by_id(queries)
+            parts = {}
+            for split in ("dev", "test"):
+                qids = sorted(qrels.filter(pl.col("split") == split)["query_id"]
+                              .unique().to_list())
+                parts[split] = qids, teacher_parts(dense0, bm25, doc_ids,
+                                                   [qtext[q] for q in qids], args.dtype)
             for w in (float(x) for x in args.teacher_weights.split(",")):
                 row = {"variant": f"teacher w={w}"}
-                for split in ("dev", "test"):
-                    qids = sorted(qrels.filter(pl.col("split") == split)["query_id"]
-                                  .unique().to_list())
-                    s = teacher_scores(dense0, bm25, doc_ids, [qtext[q] for q in qids], w)
+                for split, (qids, (dense, lexical)) in parts.items():
+                    s = dense + w * lexical
                     top = np.argsort(-s, axis=1)[:, :100]
                     run = run_from_search(qids, [[doc_ids[d] for d in row_] for row_ in top],
                                           np.take_along_axis(s, top, axis=1))
@@ -268,31 +294,10 @@ def main() -> None:
         if variant == "ict":
             pseudo = sentence_queries(titles, bodies, args.ict_docs, args.seed, remove_p=0.9)
             model = train_ict(args, pseudo, doc_ids, passages, bm25)
-        elif variant == "teacher_distill":
-            pseudo = sentence_queries(titles, bodies, args.distill_docs, args.seed, remove_p=0.0)
-            model = train_teacher_distill(
-                args, pseudo, doc_ids, passages,
-                lambda qs: teacher_scores(dense0, bm25, doc_ids, qs,
-                                          float(args.teacher_weight)))
-        elif variant == "teacher_distill_queries":
-            qtext = text_by_id(queries)
-            train_ids = sorted(qrels.filter(pl.col("split") == "train")["query_id"]
-                               .unique().to_list())
-            pseudo = [(qtext[q], None, "") for q in train_ids]
-            model = train_teacher_distill(
-                args, pseudo, doc_ids, passages,
-                lambda qs: teacher_scores(dense0, bm25, doc_ids, qs,
-                                          float(args.teacher_weight)))
-        elif variant == "teacher_distill_generated":
-            generated = warehouse.table("generated_queries").filter(
-                (pl.col("round") == -1) & (pl.col("text").str.strip_chars() != ""))
-            position = {d: k for k, d in enumerate(doc_ids)}
-            pseudo = [(text, position[str(doc)], "") for text, doc in
-                      generated.select("text", pl.col("doc_id").cast(pl.Utf8)).iter_rows()]
-            model = train_teacher_distill(
-                args, pseudo, doc_ids, passages,
-                lambda qs: teacher_scores(dense0, bm25, doc_ids, qs,
-                                          float(args.teacher_weight)))
+        elif variant in distilled:
+            pseudo = distillation_queries(variant, args, warehouse, qrels, qtext, doc_ids,
+                                          titles, bodies)
+            model = train_teacher_distill(args, pseudo, doc_ids, passages, dense0, bm25)
         else:
             raise SystemExit(f"unknown variant {variant!r}")
         train_s = round(time.perf_counter() - started, 1)
