@@ -20,6 +20,8 @@ report does (Flat index, nDCG@10 and R@100 on dev and test). Nothing is chosen o
 - `teacher_distill_queries`: the same distillation on the dataset's *train* query texts with
   their qrels unread (the GPL setting: a query log without judgements), to tell whether the
   queries' form or the teacher limits the sentence-query recipe;
+- `teacher_distill_titles`: the same distillation with document titles as the queries
+  (scientific titles read like claims; the source document stays in its list);
 - `teacher_distill_generated`: the same distillation on the game's final generated queries
   (`generated_queries`, round -1; the home must come from a `--labels none|augment` run);
 - every trained recipe is also scored after WiSE-FT weight interpolation with the base model
@@ -178,6 +180,11 @@ def distillation_queries(variant: str, args, warehouse, qrels, qtext, doc_ids, t
     if variant == "teacher_distill_queries":
         train_ids = sorted(qrels.filter(pl.col("split") == "train")["query_id"].unique().to_list())
         return [(qtext[q], None, "") for q in train_ids]
+    if variant == "teacher_distill_titles":
+        rng = np.random.default_rng(args.seed)
+        titled = [i for i, t in enumerate(titles) if len(t.split()) >= 4]
+        picked = rng.choice(len(titled), size=min(args.distill_docs, len(titled)), replace=False)
+        return [(titles[titled[k]], titled[k], "") for k in sorted(picked)]
     if variant == "teacher_distill_generated":
         generated = warehouse.table("generated_queries").filter(
             (pl.col("round") == -1) & (pl.col("text").str.strip_chars() != ""))

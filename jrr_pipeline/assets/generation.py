@@ -62,7 +62,8 @@ def build_generation_assets(settings: dict[str, Settings]) -> list:
                                          else []),
         code_version=version,
         description="The generator-retriever game: a query generator trained by REINFORCE on "
-                    "reward = a * retriever loss + b * reranker relevance - c * penalty, "
+                    "reward = a * retriever loss + b * relevance (reranker or zero-shot fusion) "
+                    "- c * penalty, "
                     "alternating with retriever and reranker training on its queries",
     )
     def query_generator(context: AssetExecutionContext, config: GenerationConfig,
@@ -107,7 +108,11 @@ def _query_generator(context, settings, warehouse, artifacts, dataset, compute, 
                                   warehouse.table("qrels"), bm25)
                 if settings.labels == "augment" else None)
     bf16 = compute.use_bf16() if settings.bf16 == "auto" else settings.bf16 == "on"
-    game = build_game(settings, corpus, bm25, compute.torch_device(), bf16, labelled)
+    if settings.relevance == "fusion":
+        context.log.info(f"query_generator: encoding {corpus.height} documents once for the "
+                         f"fusion relevance S(q, d)")
+    game = build_game(settings, corpus, bm25, compute.torch_device(), bf16, labelled,
+                      progress=True)
     state = state_dir_for(artifacts.path(name, ""), "query_generator",
                           {"settings": settings.to_dict(), "inputs": input_data_versions(context)})
     tags = {**dagster_tags(context), "dataset": name}

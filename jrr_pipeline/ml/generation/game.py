@@ -2,7 +2,9 @@
 generation"): sample documents, let the generator write ``k`` queries for each, reward them
 (``reward.py``), update the generator by REINFORCE with a baseline, then train the retriever
 (InfoNCE) and the reranker (listwise CE) on the round's (query, document) pairs with BM25 hard
-negatives, so the next round's generator faces a stronger retriever.
+negatives, so the next round's generator faces a stronger retriever. With ``relevance =
+"fusion"`` the relevance S(q, d) comes from a frozen zero-shot scorer
+(``fusion_relevance.py``) instead, and the game has no reranker to train.
 
 Every round ends with the whole game state written atomically to ``state_dir``: a killed game
 resumes at the next round and ends where an uninterrupted one would (documents, samples and
@@ -49,6 +51,7 @@ class GameConfig:
     n_negatives: int = 3
     negative_depth: int = 30  # hard negatives are drawn from the query's BM25 top-k
     weights: RewardWeights = field(default_factory=RewardWeights)
+    relevance: str = "reranker"  # or "fusion": S(q, d) from the scorer given to the game
     baseline: str = "document_mean"
     policy_lr: float = 1e-3
     retriever_lr: float = 2e-5
@@ -69,14 +72,27 @@ class RoundResult:
 class GenerationGame:
     """Plays ``config.rounds`` rounds of the game over a corpus (``doc_ids``, ``doc_texts``)
     with a BM25 index for hard negatives; ``labelled`` examples (augment mode) are mixed into
-    the retriever's and reranker's training, as many as the round's generated pairs."""
+    the retriever's and reranker's training, as many as the round's generated pairs. With
+    ``config.relevance == "fusion"``, ``relevance_scorer`` (a ``FusionRelevance``) scores S(q, d)
+    and ``reranker`` is None."""
 
     def __init__(self, generator: QueryGenerator, retriever, reranker, bm25,
                  doc_ids: list[str], doc_texts: list[str], config: GameConfig,
-                 labelled: list[RetrievalExample] | None = None) -> None:
+                 labelled: list[RetrievalExample] | None = None,
+                 relevance_scorer: Callable[[list[str], list[int], list[list[str]]],
+                                            torch.Tensor] | None = None) -> None:
         if len(doc_ids) != len(doc_texts) or not doc_ids:
             raise ValueError("GenerationGame: doc_ids and doc_texts must be equal, non-empty")
+        if config.relevance not in ("reranker", "fusion"):
+            raise ValueError(f"GenerationGame: relevance must be 'reranker' or 'fusion', got "
+                             f"{config.relevance!r}")
+        if (config.relevance == "fusion") != (relevance_scorer is not None):
+            raise ValueError("GenerationGame: relevance = 'fusion' needs a relevance_scorer "
+                             "(and 'reranker' takes none)")
+        if (reranker is None) != (config.relevance == "fusion"):
+            raise ValueError("GenerationGame: a reranker plays only when relevance = 'reranker'")
         self.generator, self.retriever, self.reranker = generator, retriever, reranker
+        self.relevance_scorer = relevance_scorer
         self.bm25, self.config = bm25, config
         self.doc_ids, self.doc_texts = list(doc_ids), list(doc_texts)
         self.doc_index = {d: i for i, d in enumerate(self.doc_ids)}
@@ -85,9 +101,9 @@ class GenerationGame:
         self.policy_opt = torch.optim.Adam(params, lr=config.policy_lr) if params else None
         self.retriever_opt = build_optimizer(retriever.named_parameters(), config.retriever_lr,
                                              weight_decay=0.01)
-        self.reranker_opt = build_optimizer(reranker.named_parameters(), config.reranker_lr,
-                                            weight_decay=0.01,
-                                            head_lr_multiplier=config.reranker_head_lr_multiplier)
+        self.reranker_opt = None if reranker is None else build_optimizer(
+            reranker.named_parameters(), config.reranker_lr, weight_decay=0.01,
+            head_lr_multiplier=config.reranker_head_lr_multiplier)
         self.moving_baseline = 0.0
         self.results: list[RoundResult] = []
         self.first_round = 0  # where the last play() started (after a resume: > 0)
@@ -140,7 +156,8 @@ class GenerationGame:
         metrics = {"reward": float(reward.mean()), "reward_retriever_loss": float(loss.mean()),
                    "reward_relevance": float(rel.mean()), "reward_penalty": float(pen.mean()),
                    "policy_loss": policy_loss, "retriever_train_loss": retriever_loss,
-                   "reranker_train_loss": reranker_loss, "queries": float(len(generated)),
+                   **({} if self.reranker is None else {"reranker_train_loss": reranker_loss}),
+                   "queries": float(len(generated)),
                    "mean_copy_words": float(np.mean(copies)) if copies else 0.0,
                    "seconds": time.perf_counter() - started, **diversity(texts)}
         return RoundResult(r, rows, metrics)
@@ -173,9 +190,10 @@ class GenerationGame:
         negative_texts = [[self.doc_texts[self.doc_index[d]] for d in row] for row in negatives]
         keys = [self.doc_ids[s] for s in sources]
         device = self.retriever.device
-        was = (self.retriever.training, self.reranker.training)
-        self.retriever.eval()
-        self.reranker.eval()
+        players = [m for m in (self.retriever, self.reranker) if m is not None]
+        was = [m.training for m in players]
+        for m in players:
+            m.eval()
         try:
             loss, rel = [], []
             for i in range(0, len(texts), cfg.batch_size * 4):
@@ -183,11 +201,14 @@ class GenerationGame:
                 with autocast_context(device, torch.bfloat16 if cfg.bf16 else None):
                     loss.append(retriever_losses(self.retriever, texts[part], positives[part],
                                                  negative_texts[part], keys[part]))
-                    rel.append(relevance(self.reranker, texts[part], positives[part],
-                                         negative_texts[part]))
+                    if self.reranker is not None:
+                        rel.append(relevance(self.reranker, texts[part], positives[part],
+                                             negative_texts[part]))
+            if self.relevance_scorer is not None:
+                rel = [self.relevance_scorer(texts, sources, negatives)]
         finally:
-            self.retriever.train(was[0])
-            self.reranker.train(was[1])
+            for m, mode in zip(players, was, strict=True):
+                m.train(mode)
         pen = penalties([g.text for g in generated], positives, cfg.weights.max_query_words,
                         cfg.weights.max_copy_words)
         return torch.cat(loss), torch.cat(rel), pen
@@ -229,8 +250,10 @@ class GenerationGame:
         batches = [b for b in batches if len(b) > 1]
         losses = {"retriever": [], "reranker": []}
         tasks = [("retriever", RetrieverWarmupTask(self.retriever, cross_batch=False),
-                  self.retriever_opt, self.retriever),
-                 ("reranker", RerankerWarmupTask(self.reranker), self.reranker_opt, self.reranker)]
+                  self.retriever_opt, self.retriever)]
+        if self.reranker is not None:
+            tasks.append(("reranker", RerankerWarmupTask(self.reranker), self.reranker_opt,
+                          self.reranker))
         for name, task, optimizer, model in tasks:
             model.train()
             for batch in batches:
@@ -254,7 +277,8 @@ class GenerationGame:
             "policy": policy.state_dict(),
             "policy_opt": self.policy_opt.state_dict() if self.policy_opt else None,
             "retriever": self.retriever.state_dict(), "retriever_opt": self.retriever_opt.state_dict(),
-            "reranker": self.reranker.state_dict(), "reranker_opt": self.reranker_opt.state_dict(),
+            "reranker": None if self.reranker is None else self.reranker.state_dict(),
+            "reranker_opt": None if self.reranker_opt is None else self.reranker_opt.state_dict(),
             "moving_baseline": self.moving_baseline,
             "results": [asdict(result) for result in self.results],
         }
@@ -275,8 +299,9 @@ class GenerationGame:
             self.policy_opt.load_state_dict(state["policy_opt"])
         self.retriever.load_state_dict(state["retriever"])
         self.retriever_opt.load_state_dict(state["retriever_opt"])
-        self.reranker.load_state_dict(state["reranker"])
-        self.reranker_opt.load_state_dict(state["reranker_opt"])
+        if self.reranker is not None:
+            self.reranker.load_state_dict(state["reranker"])
+            self.reranker_opt.load_state_dict(state["reranker_opt"])
         self.moving_baseline = state["moving_baseline"]
         self.results = [RoundResult(**result) for result in state["results"]]
         return int(state["next_round"])

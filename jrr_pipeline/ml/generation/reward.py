@@ -6,7 +6,8 @@ generator-retriever game, our design doc)::
 - ``L_R``: the current retriever's InfoNCE loss of (q, d) against q's hard negatives and the
   other documents of the round's batch, -log softmax_j(<q, p_j> / T)[d] (hard queries score high);
 - ``S``: the current reranker's probability that d is q's answer among [d, q's hard negatives],
-  softmax of its logits (keeps queries answerable from their document);
+  softmax of its logits (keeps queries answerable from their document), or the same
+  probability under a frozen dense + BM25 fusion (``fusion_relevance.py``, no reranker);
 - ``P``: length and copy penalty, (words - max_words)+ / max_words + (longest verbatim run of
   the document - max_copy)+ / max_copy, and 1 for an empty query.
 

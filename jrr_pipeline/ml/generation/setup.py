@@ -29,6 +29,7 @@ def game_config(settings: GenerationSettings, bf16: bool) -> GameConfig:
         weights=RewardWeights(settings.reward_loss_weight, settings.reward_relevance_weight,
                               settings.reward_penalty_weight, settings.max_query_words,
                               settings.max_copy_words),
+        relevance=settings.relevance,
         baseline=settings.baseline, policy_lr=settings.policy_lr,
         retriever_lr=settings.retriever_lr, reranker_lr=settings.reranker_lr,
         reranker_head_lr_multiplier=settings.reranker_head_lr_multiplier,
@@ -81,8 +82,9 @@ def load_generator(directory: Path) -> QueryGenerator:
 
 def build_game(settings: GenerationSettings, corpus: pl.DataFrame, bm25, device: str = "cpu",
                bf16: bool = False, labelled: list[RetrievalExample] | None = None,
-               ) -> GenerationGame:
-    """The game over ``corpus`` with fresh models from ``settings.base_model``."""
+               progress: bool = False) -> GenerationGame:
+    """The game over ``corpus`` with fresh models from ``settings.base_model`` (with
+    ``relevance = "fusion"`` the corpus is encoded here once, ``progress`` shows it)."""
     from jrr_pipeline.ml.modeling import (
         CrossEncoderReranker,
         DenseRetriever,
@@ -94,15 +96,28 @@ def build_game(settings: GenerationSettings, corpus: pl.DataFrame, bm25, device:
     doc_ids = corpus["doc_id"].cast(pl.Utf8).to_list()
     texts = passage_texts(corpus)
     generator = build_generator(settings, texts)
-    retriever = DenseRetriever.from_pretrained(settings.base_model, RetrieverConfig(
-        query_max_length=settings.query_max_length,
-        passage_max_length=settings.passage_max_length))
-    reranker = CrossEncoderReranker.from_pretrained(settings.base_model, RerankerConfig(
-        max_length=settings.reranker_max_length))
+    retriever_config = RetrieverConfig(query_max_length=settings.query_max_length,
+                                       passage_max_length=settings.passage_max_length)
+    retriever = DenseRetriever.from_pretrained(settings.base_model, retriever_config)
+    reranker, scorer = None, None
+    if settings.relevance == "fusion":
+        from jrr_pipeline.ml.generation.fusion_relevance import FusionRelevance
+
+        encoder = DenseRetriever.from_pretrained(settings.base_model, retriever_config)
+        scorer = FusionRelevance(encoder.to(device), bm25, doc_ids, texts,
+                                 lexical_weight=settings.relevance_lexical_weight,
+                                 temperature=settings.relevance_temperature,
+                                 autocast_dtype=torch.bfloat16 if bf16 else None,
+                                 progress=progress)
+    else:
+        reranker = CrossEncoderReranker.from_pretrained(settings.base_model, RerankerConfig(
+            max_length=settings.reranker_max_length))
     for module in (generator, retriever, reranker):
-        module.to(device)
+        if module is not None:
+            module.to(device)
     return GenerationGame(generator, retriever, reranker, bm25, doc_ids, texts,
-                          game_config(settings, bf16), labelled=labelled)
+                          game_config(settings, bf16), labelled=labelled,
+                          relevance_scorer=scorer)
 
 
 def labelled_examples(settings: GenerationSettings, corpus: pl.DataFrame, queries: pl.DataFrame,

@@ -34,7 +34,15 @@ class GenerationSettings(Settings):
     queries_per_document: int = knob(4, "queries generated per sampled document (k)", ge=1)
     reward_loss_weight: float = knob(1.0, "a: weight of the retriever's loss on the query", ge=0)
     reward_relevance_weight: float = knob(
-        1.0, "b: weight of the reranker's probability of the source document", ge=0)
+        1.0, "b: weight of the relevance S(q, d) of the source document (see relevance)", ge=0)
+    relevance: Literal["reranker", "fusion"] = knob(
+        "reranker", "S(q, d) of the reward: reranker = the game's own cross-encoder (trained on "
+                    "the game's pairs; it stays at chance without labels); fusion = the frozen "
+                    "base encoder's cosine + relevance_lexical_weight * BM25 / max BM25 "
+                    "(no reranker plays)")
+    relevance_lexical_weight: float = knob(
+        0.5, "fusion: weight w of the normalised BM25 score (0.5 was best on SciFact dev)", ge=0)
+    relevance_temperature: float = knob(0.05, "fusion: softmax temperature of the scores", gt=0)
     reward_penalty_weight: float = knob(1.0, "c: weight of the length / copy penalty", ge=0)
     baseline: Literal["document_mean", "moving_average"] = knob(
         "document_mean", "REINFORCE baseline: the mean reward of the document's k queries, or a "

@@ -154,3 +154,54 @@ def test_the_game_reranker_head_learns_faster(tiny_model_dir, corpus, bm25):
              for p in group["params"]}
     assert head and {rates[i] for i in head} == {CONFIG.reranker_lr * 50}
     assert {r for i, r in rates.items() if i not in head} == {CONFIG.reranker_lr}
+
+
+def fusion_game(tiny_model_dir, corpus, bm25, config=None):
+    from jrr_pipeline.ml.generation.fusion_relevance import FusionRelevance
+
+    config = config or GameConfig(**{**CONFIG.__dict__, "rounds": 2, "relevance": "fusion"})
+    torch.manual_seed(0)
+    policy = ExtractiveSpanPolicy.from_pretrained(SpanPolicyConfig(
+        base_model=str(tiny_model_dir), max_length=48, spans_per_query=2))
+    retriever_config = RetrieverConfig(query_max_length=16, passage_max_length=32)
+    retriever = DenseRetriever.from_pretrained(str(tiny_model_dir), retriever_config)
+    encoder = DenseRetriever.from_pretrained(str(tiny_model_dir), retriever_config)
+    scorer = FusionRelevance(encoder, bm25, *corpus, lexical_weight=2.0)
+    return GenerationGame(policy, retriever, None, bm25, *corpus, config,
+                          relevance_scorer=scorer)
+
+
+def test_the_fusion_relevance_scores_the_reward_and_no_reranker_plays(tiny_model_dir, corpus,
+                                                                       bm25, tmp_path):
+    game = fusion_game(tiny_model_dir, corpus, bm25)
+    frozen = [p.detach().clone() for p in game.relevance_scorer.encoder.parameters()]
+    result = game.play_round(0)
+    assert "reranker_train_loss" not in result.metrics
+    ids = corpus[0]
+    rows = result.rows
+    # S(q, d) is the scorer's: a query cut from its document finds it far above chance (1/3)
+    assert 1 / 3 < result.metrics["reward_relevance"] <= 1.0
+    again = game.relevance_scorer([r["text"] for r in rows[:4]],
+                                  [ids.index(r["doc_id"]) for r in rows[:4]],
+                                  [[ids[0], ids[1]]] * 4)
+    assert again.shape == (4,)
+    assert all(torch.equal(a, b) for a, b in zip(frozen, game.relevance_scorer.encoder.parameters(),
+                                                 strict=True))
+    # the state has no reranker and a killed fusion game resumes to the same end
+    whole = fusion_game(tiny_model_dir, corpus, bm25).play()
+    fusion_game(tiny_model_dir, corpus, bm25).play(tmp_path / "state", stop_after=1)
+    resumed = fusion_game(tiny_model_dir, corpus, bm25).play(tmp_path / "state")
+    assert [r.rows for r in resumed] == [r.rows for r in whole]
+
+
+def test_the_relevance_source_and_its_players_must_agree(tiny_model_dir, corpus, bm25):
+    game = new_game(tiny_model_dir, corpus, bm25)
+    fusion = GameConfig(**{**CONFIG.__dict__, "relevance": "fusion"})
+    with pytest.raises(ValueError, match="needs a relevance_scorer"):
+        GenerationGame(game.generator, game.retriever, None, bm25, *corpus, fusion)
+    with pytest.raises(ValueError, match="a reranker plays only"):
+        GenerationGame(game.generator, game.retriever, game.reranker, bm25, *corpus, fusion,
+                       relevance_scorer=lambda q, s, n: torch.zeros(len(q)))
+    with pytest.raises(ValueError, match="'reranker' or 'fusion'"):
+        GenerationGame(game.generator, game.retriever, game.reranker, bm25, *corpus,
+                       GameConfig(**{**CONFIG.__dict__, "relevance": "oracle"}))
