@@ -1,6 +1,7 @@
 """One torch thread (the machine is shared; a resumed game must match an uninterrupted one),
-and a tiny random T5 for the seq2seq generator."""
+the toy corpus with its BM25 index, and a tiny random T5 for the seq2seq generator."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,20 @@ import torch
 @pytest.fixture(autouse=True)
 def _one_thread() -> None:
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def corpus(beir_dir: Path) -> tuple[list[str], list[str]]:
+    """(doc ids, "title text") of the toy BEIR corpus."""
+    rows = [json.loads(line) for line in (beir_dir / "corpus.jsonl").read_text().splitlines()]
+    return [r["_id"] for r in rows], [f"{r['title']} {r['text']}" for r in rows]
+
+
+@pytest.fixture(scope="session")
+def bm25(corpus):
+    from jrr_pipeline.ml.sparse import BM25Index
+
+    return BM25Index.build(*corpus)
 
 
 @pytest.fixture(scope="session")

@@ -1,23 +1,9 @@
-import json
-
 import numpy as np
 import pytest
 import torch
 
 from jrr_pipeline.ml.generation.fusion_relevance import FusionRelevance
 from jrr_pipeline.ml.modeling import DenseRetriever, RetrieverConfig
-from jrr_pipeline.ml.sparse import BM25Index
-
-
-@pytest.fixture(scope="module")
-def corpus(beir_dir):
-    rows = [json.loads(line) for line in (beir_dir / "corpus.jsonl").read_text().splitlines()]
-    return [r["_id"] for r in rows], [f"{r['title']} {r['text']}" for r in rows]
-
-
-@pytest.fixture(scope="module")
-def bm25(corpus):
-    return BM25Index.build(*corpus)
 
 
 @pytest.fixture(scope="module")

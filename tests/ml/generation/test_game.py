@@ -1,4 +1,3 @@
-import json
 
 import pytest
 import torch
@@ -12,23 +11,11 @@ from jrr_pipeline.ml.modeling import (
     RerankerConfig,
     RetrieverConfig,
 )
-from jrr_pipeline.ml.sparse import BM25Index
 from jrr_pipeline.ml.training.examples import RetrievalExample
 
 CONFIG = GameConfig(rounds=3, documents_per_round=6, queries_per_document=2, n_negatives=2,
                     negative_depth=10, batch_size=4, seed=7,
                     weights=RewardWeights(loss=1.0, relevance=1.0, penalty=1.0))
-
-
-@pytest.fixture(scope="module")
-def corpus(beir_dir):
-    rows = [json.loads(line) for line in (beir_dir / "corpus.jsonl").read_text().splitlines()]
-    return [r["_id"] for r in rows], [f"{r['title']} {r['text']}" for r in rows]
-
-
-@pytest.fixture(scope="module")
-def bm25(corpus):
-    return BM25Index.build(*corpus)
 
 
 def new_game(tiny_model_dir, corpus, bm25, config=CONFIG, labelled=None):
