@@ -57,6 +57,9 @@ def toy_assets(version: str) -> list:
 
 @pytest.fixture
 def instance(tmp_path: Path):
+    # these tests load Definitions directly, not through build_definitions: drop a storage that an
+    # earlier test's collected instance may have left in the context (a GC-timing flake otherwise)
+    compat.forget_closed_defs_state_storage()
     with instance_for_test(temp_dir=str(tmp_path)) as inst:
         yield inst
 

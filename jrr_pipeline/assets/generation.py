@@ -33,6 +33,7 @@ GROUP = "generation"
 CORE = ("jrr_pipeline.ml.generation.game", "jrr_pipeline.ml.generation.reward",
         "jrr_pipeline.ml.generation.setup", "jrr_pipeline.ml.generation.spans",
         "jrr_pipeline.ml.generation.span_policy", "jrr_pipeline.ml.generation.seq2seq",
+        "jrr_pipeline.ml.generation.fusion_relevance",
         "jrr_pipeline.ml.training.warmup", "jrr_pipeline.ml.losses.contrastive",
         "jrr_pipeline.ml.losses.listwise")
 # Settings only the training stages read (their code versions include them): a new value re-runs
