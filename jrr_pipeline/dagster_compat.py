@@ -20,6 +20,7 @@ Also here, as it changes with the Dagster release too: ``quiet_dagster_previews`
 
 from __future__ import annotations
 
+import gc
 import warnings
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -99,6 +100,9 @@ def forget_closed_defs_state_storage() -> None:
     storage = _current_storage.get()
     if storage is None or not getattr(storage, "has_instance", False):
         return
+    # an instance that only a reference cycle keeps "alive" would die at the next collection,
+    # after this check: collect first, so what survives stays alive while it is referenced
+    gc.collect()
     try:
         storage._instance  # noqa: B018 - resolving the weakref is the check
     except DagsterInvariantViolationError:
