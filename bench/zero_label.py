@@ -6,7 +6,8 @@ dev and test are read, to score), trains a fresh retriever per recipe and scores
 report does (Flat index, nDCG@10 and R@100 on dev and test). Nothing is chosen on test:
 
 - `zero_shot`: the base model untouched;
-- `teacher`: the fusion dense0 + w * BM25 / max(BM25) used as the teacher below, for w in
+- `teacher`: the fusion dense0 + w * BM25 / max(BM25) used as the teacher below
+  (`jrr_pipeline.ml.generation.fusion_relevance.FusionRelevance.parts`), for w in
   `--teacher-weights` (w picked on dev), scored as a ranker (it is not a dense retriever);
 - `ict`: Inverse Cloze Task (Lee et al. 2019, "Latent Retrieval for Weakly Supervised Open
   Domain Question Answering"): a sentence of a document is the query, the document with that
@@ -125,26 +126,13 @@ def train_ict(args, queries, doc_ids, passages, bm25):
     return model
 
 
-def teacher_parts(dense0, bm25, doc_ids, texts: list[str], dtype) -> tuple[np.ndarray, np.ndarray]:
-    """[Q, N] dense0 cosines and BM25 / max(BM25) (top 1000, else 0) of each text over the
-    corpus; the teacher of weight w scores ``dense + w * lexical``."""
-    encoder, corpus_vectors = dense0
-    dense = encoder.embed(texts, kind="query", batch_size=128, autocast_dtype=dtype) @ corpus_vectors.T
-    lexical = np.zeros_like(dense)
-    position = {d: k for k, d in enumerate(doc_ids)}
-    ranked, bm = bm25.search(texts, 1000)
-    for r, (row, values) in enumerate(zip(ranked, bm, strict=True)):
-        lexical[r, [position[d] for d in row]] = values / max(float(values.max()), 1e-9)
-    return dense, lexical
-
-
-def train_teacher_distill(args, queries, doc_ids, passages, dense0, bm25):
+def train_teacher_distill(args, queries, doc_ids, passages, fusion):
     """``queries``: (text, source document index or None, unused); a source is kept in its list."""
     import torch
 
     from jrr_pipeline.ml.losses.distillation import ListwiseKLLoss
 
-    dense, lexical = teacher_parts(dense0, bm25, doc_ids, [q for q, _, _ in queries], args.dtype)
+    dense, lexical = fusion.parts([q for q, _, _ in queries])
     scores = dense + float(args.teacher_weight) * lexical
     lists = []
     for r, (_, i, _) in enumerate(queries):
@@ -256,16 +244,17 @@ def main() -> None:
     base = fresh_retriever(args).eval()
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     results: list[dict] = []
-    dense0 = None
+    fusion = None
     distilled = [v for v in variants if v.startswith("teacher_distill")]
     if args.teacher_weight == "auto" and distilled and (
             "teacher" not in variants or variants.index("teacher") > variants.index(distilled[0])):
         raise SystemExit("--teacher-weight auto needs the teacher variant before any "
                          "teacher_distill variant")
     if distilled or "teacher" in variants:
-        with torch.no_grad():
-            dense0 = (base, base.embed(texts, kind="passage", batch_size=64, progress=True,
-                                       autocast_dtype=args.dtype))
+        from jrr_pipeline.ml.generation.fusion_relevance import FusionRelevance
+
+        fusion = FusionRelevance(base, bm25, doc_ids, texts, autocast_dtype=args.dtype,
+                                 progress=True)
     qtext = text_by_id(queries)
     alphas = [float(a) for a in args.wise.split(",") if a.strip()]
     for variant in variants:
@@ -278,8 +267,7 @@ def main() -> None:
             for split in ("dev", "test"):
                 qids = sorted(qrels.filter(pl.col("split") == split)["query_id"]
                               .unique().to_list())
-                parts[split] = qids, teacher_parts(dense0, bm25, doc_ids,
-                                                   [qtext[q] for q in qids], args.dtype)
+                parts[split] = qids, fusion.parts([qtext[q] for q in qids])
             for w in (float(x) for x in args.teacher_weights.split(",")):
                 row = {"variant": f"teacher w={w}"}
                 for split, (qids, (dense, lexical)) in parts.items():
@@ -304,7 +292,7 @@ def main() -> None:
         elif variant in distilled:
             pseudo = distillation_queries(variant, args, warehouse, qrels, qtext, doc_ids,
                                           titles, bodies)
-            model = train_teacher_distill(args, pseudo, doc_ids, passages, dense0, bm25)
+            model = train_teacher_distill(args, pseudo, doc_ids, passages, fusion)
         else:
             raise SystemExit(f"unknown variant {variant!r}")
         train_s = round(time.perf_counter() - started, 1)

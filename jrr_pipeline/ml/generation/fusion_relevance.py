@@ -38,26 +38,29 @@ class FusionRelevance:
         self.doc_vectors = encoder.embed(list(doc_texts), kind="passage", batch_size=batch_size,
                                          progress=progress, autocast_dtype=autocast_dtype)
 
+    def parts(self, queries: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """[Q, N] cosines and BM25 / max BM25 (0 below the top ``depth``) of each query over
+        the corpus; s = dense + lexical_weight * lexical."""
+        texts = [q or "." for q in queries]
+        q = self.encoder.embed(texts, kind="query", batch_size=self.batch_size,
+                               autocast_dtype=self.autocast_dtype)
+        dense = q @ self.doc_vectors.T
+        lexical = np.zeros_like(dense)
+        ranked, values = self.bm25.search(texts, self.depth)
+        for r, (found, value) in enumerate(zip(ranked, values, strict=True)):
+            top = float(value.max()) if len(value) else 0.0
+            if top > 0:
+                lexical[r, [self.position[d] for d in found]] = value / top
+        return dense, lexical
+
     def scores(self, queries: list[str], documents: list[list[int]]) -> np.ndarray:
         """[Q, K] s(q, d) of each query's K document indices."""
         width = len(documents[0]) if documents else 0
         if any(len(row) != width for row in documents) or len(documents) != len(queries):
             raise ValueError("FusionRelevance.scores: one row of K documents per query needed")
-        texts = [q or "." for q in queries]
-        q = self.encoder.embed(texts, kind="query", batch_size=self.batch_size,
-                               autocast_dtype=self.autocast_dtype)
+        dense, lexical = self.parts(queries)
         rows = np.asarray(documents, dtype=np.int64).reshape(len(queries), width)
-        dense = np.einsum("qh,qkh->qk", q, self.doc_vectors[rows])
-        lexical = np.zeros_like(dense)
-        if self.lexical_weight > 0:
-            ranked, values = self.bm25.search(texts, self.depth)
-            for r, (found, value) in enumerate(zip(ranked, values, strict=True)):
-                top = float(value.max()) if len(value) else 0.0
-                if top <= 0:
-                    continue
-                score_of = {d: float(v) / top for d, v in zip(found, value, strict=True)}
-                lexical[r] = [score_of.get(self.doc_ids[i], 0.0) for i in rows[r]]
-        return dense + self.lexical_weight * lexical
+        return np.take_along_axis(dense + self.lexical_weight * lexical, rows, axis=1)
 
     def __call__(self, queries: list[str], sources: list[int],
                  negatives: list[list[str]]) -> Tensor:
